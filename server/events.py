@@ -1,0 +1,96 @@
+"""What a turn is made of: the request that goes into the core and the events that come out.
+
+These types know nothing of HTTP, websockets or RunPod. Every adapter renders the
+same events for its own wire.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "Event",
+    "Failure",
+    "Finish",
+    "FinishReason",
+    "TextDelta",
+    "ToolCall",
+    "Turn",
+    "Usage",
+]
+
+FinishReason = Literal["stop", "length", "tool_calls"]
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One chat turn, already translated to Ollama's message shape.
+
+    ``messages`` and ``tools`` are sent to Ollama as they are; ``options`` holds the
+    sampling options of this turn (``num_predict``, ``temperature``...), to which the
+    core adds its fixed load-time options.
+    """
+
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """A piece of the spoken answer."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A whole tool call; ``arguments`` is a JSON object serialised as a string."""
+
+    index: int
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts and Ollama's own timings of one turn, in seconds."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    load_seconds: float = 0.0
+    prompt_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    total_seconds: float = 0.0
+
+    @property
+    def total_tokens(self) -> int:
+        """Prompt and completion tokens together."""
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """The turn ended normally."""
+
+    reason: FinishReason
+    usage: Usage
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """The turn ended because of an error after it began streaming.
+
+    ``code`` is a short machine-readable word (``upstream_error``, ``timeout``...);
+    ``message`` is a clear sentence for logs and clients. ``usage`` counts what was
+    streamed before the failure.
+    """
+
+    code: str
+    message: str
+    usage: Usage
+
+
+Event = TextDelta | ToolCall | Finish | Failure

@@ -1,0 +1,272 @@
+"""A small HTTP/1.1 client for Ollama's streaming endpoints, built for the hot path.
+
+Each token costs one ``data_received`` call, one C-level parse (httptools) and one
+wake-up of the reader: no stream reader layers, no per-chunk coroutines. Idle
+connections are kept for reuse; a response that was not read to its end is never
+reused: its connection is closed, which is what makes Ollama stop generating.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any, cast
+
+import httptools
+import orjson
+
+__all__ = ["Connection", "ConnectionPool", "UpstreamClosed", "UpstreamTimeout"]
+
+# More lines than this waiting for the reader pauses reading from Ollama.
+_HIGH_WATER = 64
+
+
+class UpstreamClosed(ConnectionError):
+    """Ollama closed the connection before the response was complete."""
+
+
+class UpstreamTimeout(TimeoutError):
+    """Ollama sent nothing within the allowed time."""
+
+
+class Connection(asyncio.Protocol):
+    """One HTTP/1.1 connection to Ollama carrying one request at a time.
+
+    The response body is split into lines as it arrives; :meth:`readline` hands them
+    out. A watchdog fails the response when no data arrives for too long.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._lines: deque[bytes] = deque()
+        self._partial = b""
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+        self._paused = False
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._last_data = 0.0
+        self._gap_timeout = 0.0
+        self.status = 0
+        self.complete = False
+        self.keep_alive = False
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._last_data = self._loop.time()
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamClosed(f"Ollama sent an invalid HTTP response: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        if not self.complete and self._error is None:
+            self._error = UpstreamClosed("Ollama closed the connection mid-response")
+        self._wake()
+
+    # httptools callbacks
+
+    def on_headers_complete(self) -> None:
+        self.status = self._parser.get_status_code()
+        self.keep_alive = self._parser.should_keep_alive()
+
+    def on_body(self, body: bytes) -> None:
+        if self._partial:
+            body = self._partial + body
+        *lines, self._partial = body.split(b"\n")
+        for line in lines:
+            if line:
+                self._lines.append(line)
+        if len(self._lines) > _HIGH_WATER and not self._paused and self._transport is not None:
+            self._paused = True
+            self._transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self._partial:
+            self._lines.append(self._partial)
+            self._partial = b""
+        self.complete = True
+        self._wake()
+
+    # Reader side
+
+    @property
+    def reusable(self) -> bool:
+        """Whether the connection can carry another request."""
+        return (
+            self.complete
+            and self.keep_alive
+            and not self._lines
+            and self._error is None
+            and self._transport is not None
+            and not self._transport.is_closing()
+        )
+
+    def send(self, request: bytes, first_timeout: float, gap_timeout: float) -> None:
+        """Write a request and arm the watchdog for its response."""
+        assert self._transport is not None
+        self._parser = httptools.HttpResponseParser(self)
+        self.status = 0
+        self.complete = False
+        self.keep_alive = False
+        self._gap_timeout = gap_timeout
+        self._last_data = self._loop.time()
+        self._transport.write(request)
+        self._watchdog = self._loop.call_later(first_timeout, self._check_first)
+
+    async def readline(self) -> bytes | None:
+        """Return the next body line, or ``None`` at the end of the response.
+
+        Raises :class:`UpstreamClosed` or :class:`UpstreamTimeout` when the response
+        cannot be completed.
+        """
+        lines = self._lines
+        while not lines:
+            if self._error is not None:
+                raise self._error
+            if self.complete:
+                return None
+            self._waiter = self._loop.create_future()
+            await self._waiter
+        if self._paused and len(lines) < _HIGH_WATER // 2 and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
+        return lines.popleft()
+
+    async def read_body(self) -> bytes:
+        """Read the rest of the response body as one bytes object."""
+        parts = []
+        while (line := await self.readline()) is not None:
+            parts.append(line)
+        return b"\n".join(parts)
+
+    def close(self) -> None:
+        """Close the connection now; Ollama cancels a generation whose connection closes."""
+        self._stop_watchdog()
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is closed or closing."""
+        return self._transport is None or self._transport.is_closing()
+
+    # Internals
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+        if self.complete or self._error is not None:
+            self._stop_watchdog()
+
+    def _fail(self, error: BaseException) -> None:
+        if self._error is None:
+            self._error = error
+        self.close()
+        self._wake()
+
+    def _stop_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    def _check_first(self) -> None:
+        # Fires once at the first-byte deadline. Data since then moves on to gap checks.
+        if self._lines or self._partial or self.status:
+            self._check_gap()
+        else:
+            self._watchdog = None
+            self._fail(UpstreamTimeout("no first token from Ollama in time"))
+
+    def _check_gap(self) -> None:
+        # One timer per response, re-armed at the latest deadline rather than per token.
+        deadline = self._last_data + self._gap_timeout
+        now = self._loop.time()
+        if now >= deadline:
+            self._watchdog = None
+            self._fail(UpstreamTimeout("Ollama stopped sending tokens"))
+        else:
+            self._watchdog = self._loop.call_at(deadline, self._check_gap)
+
+
+class ConnectionPool:
+    """Connections to one Ollama server, reused while they stay healthy."""
+
+    def __init__(self, host: str, port: int, connect_timeout: float, max_idle: int = 64) -> None:
+        self._host = host
+        self._port = port
+        self._connect_timeout = connect_timeout
+        self._max_idle = max_idle
+        self._idle: list[Connection] = []
+        self.host_header = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        first_timeout: float,
+        gap_timeout: float,
+    ) -> Connection:
+        """Send one request and return its connection, ready for :meth:`Connection.readline`.
+
+        An idle connection is reused when it is still open; otherwise a new one is made.
+        """
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: {self.host_header}\r\n"
+            "User-Agent: voice-llm-server\r\nAccept: application/x-ndjson, application/json\r\n"
+        )
+        if body is not None:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        request = (head + "\r\n").encode() + (body or b"")
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.closed:
+                conn.send(request, first_timeout, gap_timeout)
+                return conn
+        conn = await self._connect()
+        conn.send(request, first_timeout, gap_timeout)
+        return conn
+
+    def release(self, conn: Connection) -> None:
+        """Return a connection after use: kept if its response was read whole, else closed."""
+        if conn.reusable and len(self._idle) < self._max_idle:
+            self._idle.append(conn)
+        else:
+            conn.close()
+
+    async def get_json(self, path: str, wait: float) -> tuple[int, Any]:
+        """GET a small JSON document, waiting at most ``wait`` seconds for an answer.
+
+        Returns the status and the parsed body.
+        """
+        conn = await self.request("GET", path, None, wait, wait)
+        try:
+            body = await conn.read_body()
+        finally:
+            self.release(conn)
+        return conn.status, orjson.loads(body) if body else None
+
+    def close(self) -> None:
+        """Close every idle connection."""
+        for conn in self._idle:
+            conn.close()
+        self._idle.clear()
+
+    async def _connect(self) -> Connection:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self._connect_timeout):
+            _, conn = await loop.create_connection(lambda: Connection(loop), self._host, self._port)
+        return conn
