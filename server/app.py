@@ -1,0 +1,249 @@
+"""The HTTP adapter: a plain ASGI application serving VAPI's custom-llm protocol.
+
+Routes (one port, run by uvicorn):
+
+- ``POST /chat/completions``, ``/v1/chat/completions`` and the doubled
+  ``/chat/completions/chat/completions``: OpenAI chat completions; SSE when the body
+  says ``"stream": true`` (never decided by ``Accept``), one JSON object otherwise.
+- ``GET /v1/models`` (also ``/models``): the one served model.
+- ``GET /health``: JSON about Ollama and the model; ``GET /ping``: 204 while the
+  model warms, 200 once it is warm (RunPod's load-balancer convention).
+
+A streamed response starts when the core yields its first event, so a request that
+fails before any token gets a real HTTP status and an OpenAI error object. When the
+caller goes away, the task serving it is cancelled, which closes the Ollama request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from typing import Any
+
+import orjson
+
+from .asgi import Receive, Scope, Send
+from .auth import KeyCheck
+from .config import Config
+from .engine import Engine
+from .errors import ServiceError
+from .events import Event, Failure, Finish, TextDelta, ToolCall
+from .render import DONE, ChunkRenderer, collect_completion, sse
+from .schema import parse_chat_request
+from .ws import WebSocketEndpoint
+
+__all__ = ["App"]
+
+log = logging.getLogger("server.app")
+
+CHAT_PATHS = frozenset(
+    {"/chat/completions", "/v1/chat/completions", "/chat/completions/chat/completions"}
+)
+MODELS_PATHS = frozenset({"/v1/models", "/models"})
+
+_JSON = (b"content-type", b"application/json")
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+class _Disconnected(Exception):
+    """The caller went away while its request was being served."""
+
+
+class App:
+    """The ASGI application; ``App(config, engine)`` is what uvicorn runs.
+
+    Its lifespan starts the engine (the model warms in the background) and closes it.
+    """
+
+    def __init__(self, config: Config, engine: Engine) -> None:
+        self.config = config
+        self.engine = engine
+        self._keys = KeyCheck(config.api_key)
+        self._websocket = WebSocketEndpoint(config, engine)
+        self._routes: dict[str, tuple[str, Callable[[Scope, Receive, Send], Awaitable[None]]]] = {
+            "/health": ("GET", self._health),
+            "/ping": ("GET", self._ping),
+        }
+        for path in CHAT_PATHS:
+            self._routes[path] = ("POST", self._chat)
+        for path in MODELS_PATHS:
+            self._routes[path] = ("GET", self._models)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["path"] == "/ws":
+            await self._websocket(scope, receive, send)
+        else:
+            await send({"type": "websocket.close", "code": 1008})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.engine.start()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.engine.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        if len(path) > 1 and path.endswith("/"):
+            path = path.rstrip("/")
+        route = self._routes.get(path)
+        try:
+            if route is None:
+                raise ServiceError(404, "not_found", f"no route for {path}")
+            method, handler = route
+            if scope["method"] != method and not (method == "GET" and scope["method"] == "HEAD"):
+                raise ServiceError(405, "method_not_allowed", f"{path} accepts {method} only")
+            if handler == self._chat or handler == self._models:
+                self._keys.check(scope["headers"])
+            await handler(scope, receive, send)
+        except ServiceError as exc:
+            await self._error(send, exc, allow=route[0] if route and exc.status == 405 else None)
+
+    # Simple routes
+
+    async def _ping(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.engine.warm:
+            await _respond(send, 200, b'{"status":"ok"}')
+        else:
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+    async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
+        health = await self.engine.health()
+        await _respond(send, 200 if health["status"] == "ok" else 503, orjson.dumps(health))
+
+    async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        model = {"id": self.config.model, "object": "model", "created": 0, "owned_by": "ollama"}
+        await _respond(send, 200, orjson.dumps({"object": "list", "data": [model]}))
+
+    # Chat
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        limit = self.config.max_body_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                raise ServiceError(413, "body_too_large", f"the request body is over {limit} bytes")
+        chunks = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise ServiceError(413, "body_too_large", f"the request body is over {limit} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            body = await self._read_body(scope, receive)
+        except _Disconnected:
+            return
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise ServiceError(400, "invalid_json", "the request body is not valid JSON") from None
+        request = parse_chat_request(data)
+        turn = request.to_turn(self.config.system_prompt)
+
+        task = asyncio.current_task()
+        assert task is not None
+        gone = asyncio.Event()
+        watcher = asyncio.create_task(_watch_disconnect(receive, task, gone))
+        try:
+            async with aclosing(self.engine.stream(turn)) as events:
+                if request.stream:
+                    await self._stream(send, events, request.include_usage)
+                else:
+                    completion, last = await collect_completion(events, self.config.model)
+                    if isinstance(last, Failure):
+                        log.warning("turn failed after streaming began: %s", last.message)
+                    await _respond(send, 200, orjson.dumps(completion))
+        except asyncio.CancelledError:
+            if not gone.is_set():
+                raise
+            task.uncancel()
+        finally:
+            gone.set()
+            watcher.cancel()
+
+    async def _stream(self, send: Send, events: AsyncIterator[Event], include_usage: bool) -> None:
+        renderer = ChunkRenderer(self.config.model)
+        # Errors before the first event propagate from here as HTTP errors.
+        event = await anext(events)
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        pending = sse(renderer.role())
+        text_sse = renderer.text_sse
+        last: Finish | Failure | None = None
+        while True:
+            if type(event) is TextDelta:
+                data = text_sse(event.text)
+            elif type(event) is ToolCall:
+                data = sse(renderer.tool_call(event))
+            else:
+                assert isinstance(event, Finish | Failure)
+                last = event
+                break
+            if pending:
+                data = pending + data
+                pending = b""
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+            try:
+                event = await anext(events)
+            except StopAsyncIteration:
+                break
+        if last is not None:
+            if isinstance(last, Failure):
+                log.warning("stream ended early (%s): %s", last.code, last.message)
+                pending += sse(renderer.finish("stop"))
+            else:
+                pending += sse(renderer.finish(last.reason))
+            if include_usage:
+                pending += sse(renderer.usage(last.usage))
+        await send({"type": "http.response.body", "body": pending + DONE, "more_body": False})
+
+    async def _error(self, send: Send, error: ServiceError, allow: str | None = None) -> None:
+        headers = [_JSON]
+        if error.retry_after is not None:
+            headers.append((b"retry-after", str(error.retry_after).encode()))
+        if allow is not None:
+            headers.append((b"allow", allow.encode()))
+        if error.status >= 500:
+            log.warning("request failed with %d %s: %s", error.status, error.code, error.message)
+        await _respond(send, error.status, orjson.dumps(error.to_openai()), headers)
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers or [_JSON]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], gone: asyncio.Event) -> None:
+    """Cancel ``task`` when the caller disconnects before its response is complete."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            if not gone.is_set():
+                gone.set()
+                task.cancel()
+            return
