@@ -51,6 +51,11 @@ class Config:
     warm_retry_interval: float = 2.0
     log_level: str = "info"
     log_content: bool = False
+    public_url: str | None = None
+    vapi_secret: str | None = None
+    vapi_hmac_secret: str | None = None
+    vapi_hmac_max_skew: float = 300.0
+    assistant_file: str | None = None
 
     @property
     def load_options(self) -> dict[str, int]:
@@ -131,6 +136,11 @@ _SETTINGS: list[tuple[str, str, type, str]] = [
     ("max_connections", "MAX_CONNECTIONS", int, "most open connections"),
     ("stream_window", "STREAM_WINDOW", float, "RunPod: seconds of tokens coalesced per yield"),
     ("log_level", "LOG_LEVEL", str, "debug, info, warning or error"),
+    ("public_url", "PUBLIC_URL", str, "this server's public base URL, for VAPI's assistant"),
+    ("vapi_secret", "VAPI_SECRET", str, "webhook secret: x-vapi-secret header or bearer"),
+    ("vapi_hmac_secret", "VAPI_HMAC_SECRET", str, "webhook HMAC-SHA256 signing secret"),
+    ("vapi_hmac_max_skew", "VAPI_HMAC_MAX_SKEW", float, "seconds a signed webhook may be off"),
+    ("assistant_file", "ASSISTANT_FILE", str, "JSON file: first message, voice, transcriber"),
 ]
 
 _POSITIVE = {
@@ -142,6 +152,7 @@ _POSITIVE = {
     "max_messages",
     "max_connections",
     "num_ctx",
+    "vapi_hmac_max_skew",
 }
 
 
