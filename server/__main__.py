@@ -1,7 +1,12 @@
-"""``python -m server``: run the HTTP (SSE) and websocket server on one port."""
+"""``python -m server``: run the HTTP (SSE) and websocket server on one port.
+
+``python -m server preload`` loads the model into Ollama with the server's own
+load-time options and exits: 0 once it is warm, 1 if it is not within ``--wait``.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from collections.abc import Sequence
@@ -10,7 +15,7 @@ import uvicorn
 
 from .app import App
 from .config import Config, ConfigError, parse_config
-from .engine import Engine
+from .engine import CONTROL_ERRORS, Engine
 
 log = logging.getLogger("server")
 
@@ -20,17 +25,16 @@ def build_app(config: Config) -> App:
     return App(config, Engine(config))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse the configuration, then serve until stopped."""
-    try:
-        config = parse_config(argv)
-    except ConfigError as exc:
-        print(f"python -m server: error: {exc}", file=sys.stderr)
-        return 2
+def _setup_logging(config: Config) -> None:
     logging.basicConfig(
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per control request
+
+
+def serve(config: Config) -> int:
+    """Serve until stopped."""
     if config.api_key is None and not config.loopback:
         log.warning(
             "!!! NO API KEY: listening on %s without --api-key / API_KEY: anyone who can reach "
@@ -51,6 +55,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_level=config.log_level,
         server_header=False,
     )
+    return 0
+
+
+async def preload(config: Config, wait: float) -> str | None:
+    """Load the model, retrying for up to ``wait`` seconds; returns why it failed, or None."""
+    engine = Engine(config)
+    problem = "no attempt made"
+    try:
+        async with asyncio.timeout(wait):
+            while True:
+                try:
+                    await engine.preload()
+                except CONTROL_ERRORS as exc:
+                    problem = str(exc) or type(exc).__name__
+                    await asyncio.sleep(1)
+                else:
+                    return None
+    except TimeoutError:
+        return problem
+    finally:
+        await engine.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the configuration, then serve (or preload) until done."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = args.pop(0) if args and args[0] == "preload" else "serve"
+    wait = 300.0
+    if command == "preload" and args[:1] == ["--wait"] and len(args) > 1:
+        wait = float(args[1])
+        args = args[2:]
+    try:
+        config = parse_config(args)
+    except ConfigError as exc:
+        print(f"python -m server: error: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(config)
+    if command == "serve":
+        return serve(config)
+    problem = asyncio.run(preload(config, wait))
+    if problem is not None:
+        print(
+            f"python -m server preload: model {config.model} is not warm: {problem}",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"model {config.model} is warm in Ollama at {config.ollama_url}")
     return 0
 
 

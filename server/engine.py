@@ -29,13 +29,16 @@ from .errors import ServiceError
 from .events import Event, Failure, Finish, TextDelta, ToolCall, Turn, Usage
 from .upstream import ConnectionPool, UpstreamClosed, UpstreamTimeout
 
-__all__ = ["Counters", "Engine"]
+__all__ = ["CONTROL_ERRORS", "Counters", "Engine"]
 
 log = logging.getLogger("server.engine")
 
 # How often a warm model is checked for in Ollama's /api/ps.
 _WARM_CHECK_SECONDS = 10.0
 _RETRY_AFTER = 2
+
+# What a control-plane call to Ollama (preload, /api/ps) raises when Ollama is not ready.
+CONTROL_ERRORS = (OSError, TimeoutError, httpx.HTTPError, ollama.ResponseError, ConnectionError)
 
 
 @dataclass(slots=True)
@@ -177,13 +180,7 @@ class Engine:
                     )
                 self._set_warm(True)
                 failing = False
-            except (
-                OSError,
-                TimeoutError,
-                httpx.HTTPError,
-                ollama.ResponseError,
-                ConnectionError,
-            ) as exc:
+            except CONTROL_ERRORS as exc:
                 if not failing:  # once per outage, not at every retry
                     log.warning(
                         "Ollama at %s is not ready: %s",
