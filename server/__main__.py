@@ -16,6 +16,7 @@ import uvicorn
 from .app import App
 from .config import Config, ConfigError, parse_config
 from .engine import CONTROL_ERRORS, Engine
+from .protocol import http_protocol
 
 log = logging.getLogger("server")
 
@@ -31,6 +32,12 @@ def _setup_logging(config: Config) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per control request
+    # Turn records are JSON lines of their own, ready for a log pipeline.
+    turns = logging.getLogger("server.turn")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    turns.addHandler(handler)
+    turns.propagate = False
 
 
 def serve(config: Config) -> int:
@@ -41,20 +48,30 @@ def serve(config: Config) -> int:
             "this port can use the model. Set API_KEY. !!!",
             config.host,
         )
-    uvicorn.run(
-        build_app(config),
-        host=config.host,
-        port=config.port,
-        loop="uvloop",
-        http="httptools",
-        ws="websockets-sansio",
-        ws_per_message_deflate=False,
-        ws_max_size=config.max_body_bytes,
-        lifespan="on",
-        access_log=False,
-        log_level=config.log_level,
-        server_header=False,
+    server = uvicorn.Server(
+        uvicorn.Config(
+            build_app(config),
+            host=config.host,
+            port=config.port,
+            loop="uvloop",
+            http=http_protocol(config.read_timeout),
+            ws="websockets-sansio",
+            ws_per_message_deflate=False,
+            ws_max_size=config.max_body_bytes,
+            lifespan="on",
+            access_log=False,
+            log_level=config.log_level,
+            server_header=False,
+            limit_concurrency=config.max_connections,
+            timeout_graceful_shutdown=config.shutdown_timeout,
+        )
     )
+    sockets = [server.config.bind_socket()]
+    if config.health_port is not None and config.health_port != config.port:
+        # RunPod may probe /ping on its own port; the same app answers there.
+        health = uvicorn.Config(server.config.app, host=config.host, port=config.health_port)
+        sockets.append(health.bind_socket())
+    server.run(sockets=sockets)
     return 0
 
 

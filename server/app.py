@@ -17,7 +17,6 @@ caller goes away, the task serving it is cancelled, which closes the Ollama requ
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
@@ -30,13 +29,13 @@ from .config import Config
 from .engine import Engine
 from .errors import ServiceError
 from .events import Event, Failure, Finish, TextDelta, ToolCall
-from .render import DONE, ChunkRenderer, collect_completion, sse
+from .metrics import CONTENT_TYPE, Metrics
+from .render import DONE, ChunkRenderer, collect_completion, new_completion_id, sse
 from .schema import parse_chat_request
 from .ws import WebSocketEndpoint
 
 __all__ = ["App"]
 
-log = logging.getLogger("server.app")
 
 CHAT_PATHS = frozenset(
     {"/chat/completions", "/v1/chat/completions", "/chat/completions/chat/completions"}
@@ -66,9 +65,11 @@ class App:
         self.engine = engine
         self._keys = KeyCheck(config.api_key)
         self._websocket = WebSocketEndpoint(config, engine)
+        self.metrics = Metrics(engine)
         self._routes: dict[str, tuple[str, Callable[[Scope, Receive, Send], Awaitable[None]]]] = {
             "/health": ("GET", self._health),
             "/ping": ("GET", self._ping),
+            "/metrics": ("GET", self._metrics),
         }
         for path in CHAT_PATHS:
             self._routes[path] = ("POST", self._chat)
@@ -108,7 +109,7 @@ class App:
             method, handler = route
             if scope["method"] != method and not (method == "GET" and scope["method"] == "HEAD"):
                 raise ServiceError(405, "method_not_allowed", f"{path} accepts {method} only")
-            if handler == self._chat or handler == self._models:
+            if handler in (self._chat, self._models, self._metrics):
                 self._keys.check(scope["headers"])
             await handler(scope, receive, send)
         except ServiceError as exc:
@@ -126,6 +127,9 @@ class App:
     async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
         health = await self.engine.health()
         await _respond(send, 200 if health["status"] == "ok" else 503, orjson.dumps(health))
+
+    async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _respond(send, 200, self.metrics.render(), [(b"content-type", CONTENT_TYPE)])
 
     async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
         model = {"id": self.config.model, "object": "model", "created": 0, "owned_by": "ollama"}
@@ -161,8 +165,9 @@ class App:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
             raise ServiceError(400, "invalid_json", "the request body is not valid JSON") from None
-        request = parse_chat_request(data)
-        turn = request.to_turn(self.config.system_prompt)
+        request = parse_chat_request(data, self.config.max_messages)
+        completion_id = new_completion_id()
+        turn = request.to_turn(self.config.system_prompt, completion_id)
 
         task = asyncio.current_task()
         assert task is not None
@@ -171,11 +176,12 @@ class App:
         try:
             async with aclosing(self.engine.stream(turn)) as events:
                 if request.stream:
-                    await self._stream(send, events, request.include_usage)
+                    renderer = ChunkRenderer(self.config.model, completion_id)
+                    await self._stream(send, events, renderer, request.include_usage)
                 else:
-                    completion, last = await collect_completion(events, self.config.model)
-                    if isinstance(last, Failure):
-                        log.warning("turn failed after streaming began: %s", last.message)
+                    completion, _ = await collect_completion(
+                        events, self.config.model, completion_id
+                    )
                     await _respond(send, 200, orjson.dumps(completion))
         except asyncio.CancelledError:
             if not gone.is_set():
@@ -185,37 +191,45 @@ class App:
             gone.set()
             watcher.cancel()
 
-    async def _stream(self, send: Send, events: AsyncIterator[Event], include_usage: bool) -> None:
-        renderer = ChunkRenderer(self.config.model)
+    async def _stream(
+        self,
+        send: Send,
+        events: AsyncIterator[Event],
+        renderer: ChunkRenderer,
+        include_usage: bool,
+    ) -> None:
         # Errors before the first event propagate from here as HTTP errors.
         event = await anext(events)
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
         pending = sse(renderer.role())
         text_sse = renderer.text_sse
         last: Finish | Failure | None = None
-        while True:
-            if type(event) is TextDelta:
-                data = text_sse(event.text)
-            elif type(event) is ToolCall:
-                data = sse(renderer.tool_call(event))
-            else:
-                assert isinstance(event, Finish | Failure)
-                last = event
-                break
-            if pending:
-                data = pending + data
-                pending = b""
-            await send({"type": "http.response.body", "body": data, "more_body": True})
-            try:
-                event = await anext(events)
-            except StopAsyncIteration:
-                break
+        try:
+            while True:
+                if type(event) is TextDelta:
+                    data = text_sse(event.text)
+                elif type(event) is ToolCall:
+                    data = sse(renderer.tool_call(event))
+                else:
+                    assert isinstance(event, Finish | Failure)
+                    last = event
+                    break
+                if pending:
+                    data = pending + data
+                    pending = b""
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+                try:
+                    event = await anext(events)
+                except StopAsyncIteration:
+                    break
+        except asyncio.CancelledError:
+            # Shutdown's deadline passed (or the caller left): end the stream properly.
+            finish = sse(renderer.finish("stop"))
+            await send({"type": "http.response.body", "body": pending + finish + DONE})
+            raise
         if last is not None:
-            if isinstance(last, Failure):
-                log.warning("stream ended early (%s): %s", last.code, last.message)
-                pending += sse(renderer.finish("stop"))
-            else:
-                pending += sse(renderer.finish(last.reason))
+            # A Failure (logged by the engine) ends the choice like a normal stop.
+            pending += sse(renderer.finish(last.reason if isinstance(last, Finish) else "stop"))
             if include_usage:
                 pending += sse(renderer.usage(last.usage))
         await send({"type": "http.response.body", "body": pending + DONE, "more_body": False})
@@ -226,8 +240,6 @@ class App:
             headers.append((b"retry-after", str(error.retry_after).encode()))
         if allow is not None:
             headers.append((b"allow", allow.encode()))
-        if error.status >= 500:
-            log.warning("request failed with %d %s: %s", error.status, error.code, error.message)
         await _respond(send, error.status, orjson.dumps(error.to_openai()), headers)
 
 

@@ -43,12 +43,14 @@ class Config:
     connect_timeout: float = 3.0
     first_token_timeout: float = 15.0
     token_timeout: float = 10.0
-    shutdown_timeout: float = 20.0
+    shutdown_timeout: int = 20
     max_body_bytes: int = 4 * 1024 * 1024
     max_messages: int = 1000
     max_connections: int = 2000
     stream_window: float = 0.04
     warm_retry_interval: float = 2.0
+    warm_check_interval: float = 10.0
+    read_timeout: float = 10.0
     log_level: str = "info"
     log_content: bool = False
     public_url: str | None = None
@@ -130,7 +132,9 @@ _SETTINGS: list[tuple[str, str, type, str]] = [
     ("connect_timeout", "CONNECT_TIMEOUT", float, "seconds to connect to Ollama"),
     ("first_token_timeout", "FIRST_TOKEN_TIMEOUT", float, "seconds to wait for the first token"),
     ("token_timeout", "TOKEN_TIMEOUT", float, "seconds to wait between tokens"),
-    ("shutdown_timeout", "SHUTDOWN_TIMEOUT", float, "seconds in-flight turns get on SIGTERM"),
+    ("shutdown_timeout", "SHUTDOWN_TIMEOUT", int, "seconds in-flight turns get on SIGTERM"),
+    ("read_timeout", "READ_TIMEOUT", float, "seconds a client may take to send its headers"),
+    ("warm_check_interval", "WARM_CHECK_INTERVAL", float, "seconds between checks of /api/ps"),
     ("max_body_bytes", "MAX_BODY_BYTES", int, "largest request body or websocket frame"),
     ("max_messages", "MAX_MESSAGES", int, "most messages in one request"),
     ("max_connections", "MAX_CONNECTIONS", int, "most open connections"),
@@ -149,6 +153,8 @@ _POSITIVE = {
     "connect_timeout",
     "first_token_timeout",
     "token_timeout",
+    "read_timeout",
+    "warm_check_interval",
     "max_messages",
     "max_connections",
     "num_ctx",

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from time import time as wall_time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,30 +27,19 @@ import orjson
 from .config import Config
 from .errors import ServiceError
 from .events import Event, Failure, Finish, TextDelta, ToolCall, Turn, Usage
-from .upstream import ConnectionPool, UpstreamClosed, UpstreamTimeout
+from .stats import Stats
+from .upstream import Connection, ConnectionPool, UpstreamClosed, UpstreamTimeout
 
-__all__ = ["CONTROL_ERRORS", "Counters", "Engine"]
+__all__ = ["CONTROL_ERRORS", "Engine"]
 
 log = logging.getLogger("server.engine")
+# One JSON line per turn: ids, outcome, timings; message text only with log_content.
+turn_log = logging.getLogger("server.turn")
 
-# How often a warm model is checked for in Ollama's /api/ps.
-_WARM_CHECK_SECONDS = 10.0
 _RETRY_AFTER = 2
 
 # What a control-plane call to Ollama (preload, /api/ps) raises when Ollama is not ready.
 CONTROL_ERRORS = (OSError, TimeoutError, httpx.HTTPError, ollama.ResponseError, ConnectionError)
-
-
-@dataclass(slots=True)
-class Counters:
-    """Running totals of how turns ended."""
-
-    turns: int = 0
-    ok: int = 0
-    cancelled: int = 0
-    upstream_errors: int = 0
-    timeouts: int = 0
-    rejected: int = 0
 
 
 def _model_tag(name: str) -> str:
@@ -102,7 +91,8 @@ class Engine:
         self._warm = asyncio.Event()
         self.reachable = False
         self.ollama_version: str | None = None
-        self.counters = Counters()
+        self.stats = Stats()
+        self._slots = asyncio.Semaphore(config.max_concurrency)
         self._warm_task: asyncio.Task[None] | None = None
         self._recheck = asyncio.Event()
 
@@ -191,7 +181,9 @@ class Engine:
                 failing = True
                 self._set_warm(False)
             self._recheck.clear()
-            delay = _WARM_CHECK_SECONDS if self.warm else self.config.warm_retry_interval
+            delay = (
+                self.config.warm_check_interval if self.warm else self.config.warm_retry_interval
+            )
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._recheck.wait()
@@ -225,18 +217,137 @@ class Engine:
     async def stream(self, turn: Turn) -> AsyncGenerator[Event, None]:
         """Stream one turn as events, ending with exactly one :class:`Finish` or :class:`Failure`.
 
-        Before the first event, problems raise :class:`ServiceError` (Ollama unreachable
-        or not warm: 503; Ollama refused the request: its 4xx, or 502; no first token in
-        time: 504). After it, they end the stream with a :class:`Failure`.
+        Before the first event, problems raise :class:`ServiceError` (Ollama unreachable,
+        model not warm, or every slot busy past the queue timeout: 503; Ollama refused
+        the request: its 4xx, or 502; no first token in time: 504). After it, they end
+        the stream with a :class:`Failure`. Every turn is counted and logged once.
         """
-        counters = self.counters
-        counters.turns += 1
-        if not self.warm:
-            counters.rejected += 1
-            raise self._not_ready()
+        loop = asyncio.get_running_loop()
+        time = loop.time
+        stats = self.stats
+        started = time()
+        outcome = "ok"
+        problem: str | None = None
+        first: float | None = None
+        streamed = 0
+        usage: Usage | None = None
+        admitted = finished = False
+        conn: Connection | None = None
+        try:
+            if not self.warm:
+                raise self._not_ready()
+            await self._admit()
+            admitted = True
+            stats.in_flight += 1
+            conn = await self._open(turn)
+            calls = 0
+            loads = orjson.loads
+            itl = stats.itl.observe
+            last = 0.0
+            try:
+                while (line := await conn.readline()) is not None:
+                    if conn.status != 200:
+                        rest = await conn.read_body()
+                        raise self._status_error(conn.status, _error_text(line + rest))
+                    chunk = loads(line)
+                    message = chunk.get("message")
+                    if message is not None:
+                        content = message.get("content")
+                        if content:
+                            now = time()
+                            if streamed:
+                                itl(now - last)
+                            else:
+                                first = now
+                            last = now
+                            streamed += 1
+                            yield TextDelta(content)
+                        tool_calls = message.get("tool_calls")
+                        if tool_calls:
+                            if first is None:
+                                first = time()
+                            for call in tool_calls:
+                                yield self._tool_call(calls, call)
+                                calls += 1
+                    if chunk.get("done"):
+                        usage = _usage(chunk)
+                        reason = chunk.get("done_reason")
+                        finished = True
+                        yield Finish(
+                            "tool_calls" if calls else "length" if reason == "length" else "stop",
+                            usage,
+                        )
+                        return
+                    error = chunk.get("error")
+                    if error is not None:
+                        raise UpstreamClosed(f"Ollama failed mid-stream: {error}")
+                raise UpstreamClosed("Ollama ended the response without a done line")
+            except UpstreamTimeout as exc:
+                if first is None:
+                    raise ServiceError(504, "upstream_timeout", str(exc)) from None
+                outcome, problem = "timeout", str(exc)
+            except (UpstreamClosed, orjson.JSONDecodeError) as exc:
+                if isinstance(exc, orjson.JSONDecodeError):
+                    exc = UpstreamClosed(f"Ollama sent a line that is not JSON: {exc}")
+                self._recheck.set()
+                if first is None:
+                    raise ServiceError(502, "upstream_error", str(exc)) from None
+                outcome, problem = "upstream_error", str(exc)
+            finished = True
+            yield Failure(outcome, problem, Usage(completion_tokens=streamed))
+        except ServiceError as exc:
+            outcome = (
+                "timeout"
+                if exc.status == 504
+                else "upstream_error"
+                if exc.status == 502
+                else "rejected"
+            )
+            problem = exc.message
+            raise
+        except (GeneratorExit, asyncio.CancelledError):
+            if not finished:  # closed after its last event is not a cancellation
+                outcome = "cancelled"
+            raise
+        finally:
+            if conn is not None:
+                self._pool.release(conn)
+            if admitted:
+                self._slots.release()
+                stats.in_flight -= 1
+            if first is not None:
+                stats.ttft.observe(first - started)
+            stats.outcomes[outcome] += 1
+            self._log_turn(turn, outcome, problem, started, first, streamed, usage)
+
+    async def _admit(self) -> None:
+        """Take one of the ``max_concurrency`` slots, waiting up to ``queue_timeout``.
+
+        Turns never queue inside Ollama, whose own queue has no bound.
+        """
+        slots = self._slots
+        if not slots.locked():
+            await slots.acquire()  # a free slot: returns without suspending
+            return
+        self.stats.waiting += 1
+        try:
+            async with asyncio.timeout(self.config.queue_timeout):
+                await slots.acquire()
+        except TimeoutError:
+            raise ServiceError(
+                503,
+                "overloaded",
+                f"all {self.config.max_concurrency} streams to Ollama stayed busy for "
+                f"{self.config.queue_timeout:g} s",
+                retry_after=1,
+            ) from None
+        finally:
+            self.stats.waiting -= 1
+
+    async def _open(self, turn: Turn) -> Connection:
         config = self.config
         try:
-            conn = await self._pool.request(
+            return await self._pool.request(
                 "POST",
                 "/api/chat",
                 self.request_body(turn),
@@ -244,63 +355,39 @@ class Engine:
                 config.token_timeout,
             )
         except (OSError, TimeoutError):
-            counters.rejected += 1
             self._lost_ollama()
             raise self._not_ready() from None
-        streamed = 0
-        calls = 0
-        loads = orjson.loads
-        try:
-            while (line := await conn.readline()) is not None:
-                if conn.status != 200:
-                    rest = await conn.read_body()
-                    counters.upstream_errors += 1
-                    raise self._status_error(conn.status, _error_text(line + rest))
-                chunk = loads(line)
-                message = chunk.get("message")
-                if message is not None:
-                    content = message.get("content")
-                    if content:
-                        streamed += 1
-                        yield TextDelta(content)
-                    tool_calls = message.get("tool_calls")
-                    if tool_calls:
-                        for call in tool_calls:
-                            yield self._tool_call(calls, call)
-                            calls += 1
-                        streamed += 1
-                if chunk.get("done"):
-                    counters.ok += 1
-                    reason = chunk.get("done_reason")
-                    yield Finish(
-                        "tool_calls" if calls else "length" if reason == "length" else "stop",
-                        _usage(chunk),
-                    )
-                    return
-                error = chunk.get("error")
-                if error is not None:
-                    raise UpstreamClosed(f"Ollama failed mid-stream: {error}")
-            raise UpstreamClosed("Ollama ended the response without a done line")
-        except UpstreamTimeout as exc:
-            counters.timeouts += 1
-            if not streamed:
-                raise ServiceError(504, "upstream_timeout", str(exc)) from None
-            log.warning("turn ended: %s", exc)
-            yield Failure("timeout", str(exc), Usage(completion_tokens=streamed))
-        except (UpstreamClosed, orjson.JSONDecodeError) as exc:
-            counters.upstream_errors += 1
-            if isinstance(exc, orjson.JSONDecodeError):
-                exc = UpstreamClosed(f"Ollama sent a line that is not JSON: {exc}")
-            self._recheck.set()
-            if not streamed:
-                raise ServiceError(502, "upstream_error", str(exc)) from None
-            log.warning("turn ended: %s", exc)
-            yield Failure("upstream_error", str(exc), Usage(completion_tokens=streamed))
-        except (GeneratorExit, asyncio.CancelledError):
-            counters.cancelled += 1
-            raise
-        finally:
-            self._pool.release(conn)
+
+    def _log_turn(
+        self,
+        turn: Turn,
+        outcome: str,
+        problem: str | None,
+        started: float,
+        first: float | None,
+        streamed: int,
+        usage: Usage | None,
+    ) -> None:
+        ended = asyncio.get_running_loop().time()
+        record: dict[str, Any] = {
+            "ts": round(wall_time(), 3),
+            "event": "turn",
+            "call_id": turn.call_id,
+            "turn_id": turn.turn_id,
+            "model": self.config.model,
+            "outcome": outcome,
+            "ttft_ms": None if first is None else round((first - started) * 1000, 1),
+            "tokens": streamed,
+            "duration_ms": round((ended - started) * 1000, 1),
+        }
+        if usage is not None:
+            record["prompt_tokens"] = usage.prompt_tokens
+        if problem is not None:
+            record["error"] = problem
+        if self.config.log_content:
+            record["messages"] = turn.messages
+        level = logging.INFO if outcome in ("ok", "cancelled") else logging.WARNING
+        turn_log.log(level, orjson.dumps(record).decode())
 
     def _status_error(self, status: int, text: str) -> ServiceError:
         if status == 503:

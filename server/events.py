@@ -29,12 +29,15 @@ class Turn:
 
     ``messages`` and ``tools`` are sent to Ollama as they are; ``options`` holds the
     sampling options of this turn (``num_predict``, ``temperature``...), to which the
-    core adds its fixed load-time options.
+    core adds its fixed load-time options. ``call_id`` (VAPI's ``call.id``) and
+    ``turn_id`` only label the turn's log line.
     """
 
     messages: list[dict[str, Any]]
     tools: list[dict[str, Any]] | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    call_id: str | None = None
+    turn_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

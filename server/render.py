@@ -16,7 +16,7 @@ import orjson
 
 from .events import Event, Failure, Finish, TextDelta, ToolCall, Usage
 
-__all__ = ["DONE", "ChunkRenderer", "collect_completion", "sse", "usage_dict"]
+__all__ = ["DONE", "ChunkRenderer", "collect_completion", "new_completion_id", "sse", "usage_dict"]
 
 DONE = b"data: [DONE]\n\n"
 
@@ -134,9 +134,9 @@ class ChunkRenderer:
 
 
 async def collect_completion(
-    events: AsyncIterator[Event], model: str
+    events: AsyncIterator[Event], model: str, completion_id: str | None = None
 ) -> tuple[dict[str, Any], Event | None]:
-    """Gather a whole turn into one ``chat.completion`` object.
+    """Gather a whole turn into one ``chat.completion`` object (with a fresh id if none given).
 
     Returns the object and the last event (a :class:`Finish` or :class:`Failure`).
     """
@@ -167,7 +167,7 @@ async def collect_completion(
     if calls:
         message["tool_calls"] = calls
     completion = {
-        "id": new_completion_id(),
+        "id": completion_id or new_completion_id(),
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,

@@ -78,14 +78,17 @@ class ChatRequest(_Model):
     stop: str | list[str] | None = None
     seed: int | None = None
     tools: list[ToolDef] | None = None
+    call: Any = None  # VAPI's call object; only its id is read, for the logs
 
     @property
     def include_usage(self) -> bool:
         """Whether the client asked for a usage chunk at the end of the stream."""
         return bool(self.stream_options and self.stream_options.include_usage)
 
-    def to_turn(self, system_prompt: str | None = None) -> Turn:
+    def to_turn(self, system_prompt: str | None = None, turn_id: str | None = None) -> Turn:
         """Translate to Ollama's message shape; ``system_prompt`` fills in a missing one.
+
+        ``turn_id`` labels the turn in the logs, with VAPI's ``call.id`` when present.
 
         Raises :class:`ServiceError` (400) for content Ollama cannot take.
         """
@@ -108,7 +111,14 @@ class ChatRequest(_Model):
             options["stop"] = [self.stop] if isinstance(self.stop, str) else self.stop
 
         tools = [t.model_dump(exclude_none=True) for t in self.tools] if self.tools else None
-        return Turn(messages=messages, tools=tools, options=options)
+        call_id = self.call.get("id") if isinstance(self.call, dict) else None
+        return Turn(
+            messages=messages,
+            tools=tools,
+            options=options,
+            call_id=call_id if isinstance(call_id, str) else None,
+            turn_id=turn_id,
+        )
 
 
 def _text(index: int, content: str | list[ContentPart] | None) -> str:
@@ -165,11 +175,22 @@ _MODELS = (ChatRequest, Message, ContentPart, ToolCallIn, FunctionCall, StreamOp
 _FIELD_NAMES = frozenset(name for model in (*_MODELS, FunctionDef) for name in model.model_fields)
 
 
-def parse_chat_request(data: object) -> ChatRequest:
-    """Validate a decoded JSON body; raises :class:`ServiceError` (400) naming the field."""
+def parse_chat_request(data: object, max_messages: int | None = None) -> ChatRequest:
+    """Validate a decoded JSON body; raises :class:`ServiceError` (400) naming the field.
+
+    ``max_messages`` bounds the conversation's length.
+    """
     if not isinstance(data, dict):
         raise ServiceError(
             400, "invalid_request", "the request body must be a JSON object", param=None
+        )
+    messages = data.get("messages")
+    if max_messages is not None and isinstance(messages, list) and len(messages) > max_messages:
+        raise ServiceError(
+            400,
+            "too_many_messages",
+            f"'messages' has {len(messages)} messages; the limit is {max_messages}",
+            param="messages",
         )
     try:
         return ChatRequest.model_validate(data)

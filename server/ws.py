@@ -135,7 +135,9 @@ class _Session:
             return
         del frame["type"], frame["id"]
         try:
-            turn = parse_chat_request(frame).to_turn(self._endpoint.config.system_prompt)
+            config = self._endpoint.config
+            request = parse_chat_request(frame, config.max_messages)
+            turn = request.to_turn(config.system_prompt, turn_id)
         except ServiceError as exc:
             await self.error(turn_id, exc.code, exc.message)
             return
@@ -190,9 +192,6 @@ class _Session:
                             )
                         )
                     elif type(event) is Failure:
-                        log.warning(
-                            "turn %s ended early (%s): %s", turn_id, event.code, event.message
-                        )
                         await self.error(turn_id, event.code, event.message)
         except ServiceError as exc:
             await self.error(turn_id, exc.code, exc.message)

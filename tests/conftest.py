@@ -184,7 +184,7 @@ def fake() -> Iterator[FakeOllama]:
 @pytest.fixture(scope="session")
 def server(fake: FakeOllama) -> Iterator[Process]:
     """The server, without an API key, pointed at the shared simulator."""
-    process = start_server(fake.url)
+    process = start_server(fake.url, "--max-concurrency", "8")
     yield process
     process.stop()
 
@@ -192,6 +192,6 @@ def server(fake: FakeOllama) -> Iterator[Process]:
 @pytest.fixture(scope="session")
 def keyed_server(fake: FakeOllama) -> Iterator[Process]:
     """The server with an API key."""
-    process = start_server(fake.url, "--api-key", API_KEY)
+    process = start_server(fake.url, "--api-key", API_KEY, "--max-concurrency", "8")
     yield process
     process.stop()

@@ -1,0 +1,90 @@
+"""``GET /metrics``: the engine's counters in Prometheus' text format.
+
+The engine keeps plain numbers (:mod:`server.stats`); this collector turns them into
+metric families only when Prometheus scrapes, so serving tokens never touches
+prometheus-client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from .engine import Engine
+from .stats import Histogram
+
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST.encode()
+
+
+def _histogram(name: str, text: str, histogram: Histogram) -> HistogramMetricFamily:
+    buckets = []
+    total = 0
+    for bound, count in zip((*histogram.bounds, float("inf")), histogram.counts, strict=True):
+        total += count
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), total))
+    return HistogramMetricFamily(name, text, buckets=buckets, sum_value=histogram.sum)
+
+
+class _EngineCollector(Collector):
+    def __init__(self, engine: Engine, webhooks: Callable[[], Mapping[str, int]] | None) -> None:
+        self._engine = engine
+        self._webhooks = webhooks
+
+    def collect(self) -> Iterator[Metric]:
+        engine = self._engine
+        stats = engine.stats
+        turns = CounterMetricFamily(
+            "voice_llm_turns", "Turns by how they ended.", labels=["outcome"]
+        )
+        for outcome, count in stats.outcomes.items():
+            turns.add_metric([outcome], count)
+        yield turns
+        yield GaugeMetricFamily(
+            "voice_llm_streams_in_flight", "Turns streaming from Ollama now.", value=stats.in_flight
+        )
+        yield GaugeMetricFamily(
+            "voice_llm_streams_waiting", "Turns waiting for a free slot.", value=stats.waiting
+        )
+        yield GaugeMetricFamily(
+            "voice_llm_model_warm", "1 when the model is loaded in Ollama.", value=int(engine.warm)
+        )
+        yield GaugeMetricFamily(
+            "voice_llm_ollama_reachable", "1 when Ollama answers.", value=int(engine.reachable)
+        )
+        yield _histogram(
+            "voice_llm_ttft_seconds", "Time from a turn's arrival to its first token.", stats.ttft
+        )
+        yield _histogram(
+            "voice_llm_inter_token_seconds", "Gap between consecutive tokens.", stats.itl
+        )
+        if self._webhooks is not None:
+            webhooks = CounterMetricFamily(
+                "voice_llm_webhooks", "VAPI webhook messages by type.", labels=["type"]
+            )
+            for kind, count in self._webhooks().items():
+                webhooks.add_metric([kind], count)
+            yield webhooks
+
+
+class Metrics:
+    """The registry behind ``/metrics`` for one engine (and its webhook counts, if any)."""
+
+    def __init__(
+        self, engine: Engine, webhooks: Callable[[], Mapping[str, int]] | None = None
+    ) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(_EngineCollector(engine, webhooks))
+
+    def render(self) -> bytes:
+        """The exposition text."""
+        return generate_latest(self.registry)
