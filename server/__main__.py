@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Sequence
+from types import FrameType
 
 import uvicorn
 
@@ -40,6 +42,20 @@ def _setup_logging(config: Config) -> None:
     turns.propagate = False
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, but a SIGTERM drain ends in exit status 0.
+
+    uvicorn re-raises the signal after shutting down, so the process would die of
+    SIGTERM; for a container, a completed drain is a clean exit.
+    """
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig == signal.SIGTERM:
+            self.should_exit = True
+        else:
+            super().handle_exit(sig, frame)
+
+
 def serve(config: Config) -> int:
     """Serve until stopped."""
     if config.api_key is None and not config.loopback:
@@ -48,7 +64,7 @@ def serve(config: Config) -> int:
             "this port can use the model. Set API_KEY. !!!",
             config.host,
         )
-    server = uvicorn.Server(
+    server = _Server(
         uvicorn.Config(
             build_app(config),
             host=config.host,

@@ -48,6 +48,7 @@ class Connection(asyncio.Protocol):
         self._watchdog: asyncio.TimerHandle | None = None
         self._last_data = 0.0
         self._gap_timeout = 0.0
+        self._started = False
         self.status = 0
         self.complete = False
         self.keep_alive = False
@@ -78,6 +79,13 @@ class Connection(asyncio.Protocol):
         self.keep_alive = self._parser.should_keep_alive()
 
     def on_body(self, body: bytes) -> None:
+        if not self._started:
+            # The first bytes of the answer: from now on, watch the gaps between tokens.
+            self._started = True
+            self._stop_watchdog()
+            self._watchdog = self._loop.call_at(
+                self._last_data + self._gap_timeout, self._check_gap
+            )
         if self._partial:
             body = self._partial + body
         *lines, self._partial = body.split(b"\n")
@@ -117,6 +125,7 @@ class Connection(asyncio.Protocol):
         self.status = 0
         self.complete = False
         self.keep_alive = False
+        self._started = False
         self._gap_timeout = gap_timeout
         self._last_data = self._loop.time()
         self._transport.write(request)
@@ -183,12 +192,9 @@ class Connection(asyncio.Protocol):
             self._watchdog = None
 
     def _check_first(self) -> None:
-        # Fires once at the first-byte deadline. Data since then moves on to gap checks.
-        if self._lines or self._partial or self.status:
-            self._check_gap()
-        else:
-            self._watchdog = None
-            self._fail(UpstreamTimeout("no first token from Ollama in time"))
+        # Fires at the first-token deadline unless the answer began before it.
+        self._watchdog = None
+        self._fail(UpstreamTimeout("no first token from Ollama in time"))
 
     def _check_gap(self) -> None:
         # One timer per response, re-armed at the latest deadline rather than per token.

@@ -1,0 +1,383 @@
+"""Overload, timeouts, Ollama faults, shutdown, metrics, logs and limits, against real processes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from websockets.sync.client import connect
+
+from .conftest import API_KEY, FakeOllama, Process, start_fake, start_server
+
+
+def chat_body(content: str, stream: bool = True, **fields: Any) -> bytes:
+    return json.dumps(
+        {"messages": [{"role": "user", "content": content}], "stream": stream, **fields}
+    ).encode()
+
+
+@contextmanager
+def open_stream(server: Process, content: str) -> Iterator[socket.socket]:
+    """A raw SSE request whose first event has arrived; the socket stays open."""
+    body = chat_body(content)
+    request = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(request)
+        received = b""
+        while b"data: " not in received:
+            received += sock.recv(65536)
+        yield sock
+
+
+def read_to_end(sock: socket.socket) -> bytes:
+    """Read a chunked SSE response until the connection closes or the last chunk arrives."""
+    data = b""
+    while not data.endswith(b"0\r\n\r\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def metrics(server: Process, **headers: str) -> dict[str, Any]:
+    """Samples of /metrics by name and labels."""
+    with httpx.Client(timeout=5) as http:
+        response = http.get(f"{server.url}/metrics", headers=headers)
+    assert response.status_code == 200
+    samples: dict[str, Any] = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            key = sample.name + "".join(f"[{k}={v}]" for k, v in sorted(sample.labels.items()))
+            samples[key] = sample.value
+    return samples
+
+
+def wait_for(predicate: Any, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def ping(server: Process) -> int:
+    try:
+        with httpx.Client(timeout=2) as http:
+            return http.get(f"{server.url}/ping").status_code
+    except httpx.HTTPError:
+        return 0
+
+
+# Admission control
+
+
+def test_overload_is_a_fast_503_never_a_queue_inside_ollama(fake: FakeOllama) -> None:
+    server = start_server(fake.url, "--max-concurrency", "1", "--queue-timeout", "0.3")
+    try:
+        with (
+            open_stream(server, "hold [[tokens:400]] [[itl:10]]"),
+            httpx.Client(timeout=10) as http,
+        ):
+            started = time.monotonic()
+            response = http.post(f"{server.url}/v1/chat/completions", content=chat_body("Hi"))
+            waited = time.monotonic() - started
+            assert response.status_code == 503
+            assert response.headers["retry-after"] == "1"
+            assert response.json()["error"]["code"] == "overloaded"
+            assert 0.25 < waited < 5
+            with connect(server.url.replace("http", "ws") + "/ws", open_timeout=5) as ws:
+                ws.send(
+                    json.dumps(
+                        {
+                            "type": "chat",
+                            "id": "t1",
+                            "messages": [{"role": "user", "content": "Hi"}],
+                        }
+                    )
+                )
+                frame = json.loads(ws.recv(timeout=5))
+                assert (frame["type"], frame["id"], frame["code"]) == ("error", "t1", "overloaded")
+            samples = metrics(server)
+            assert samples["voice_llm_streams_in_flight"] == 1
+            assert samples["voice_llm_turns_total[outcome=rejected]"] == 2
+            in_progress = [r for r in fake.requests() if r["outcome"] == "in_progress"]
+            assert len(in_progress) == 1  # nothing waits inside Ollama
+            assert "hold" in json.dumps(in_progress[0]["body"])
+        # The slot is free again once the long stream's caller has gone.
+        wait_for(lambda: metrics(server)["voice_llm_streams_in_flight"] == 0)
+        with httpx.Client(timeout=10) as http:
+            response = http.post(
+                f"{server.url}/v1/chat/completions",
+                content=chat_body("Hi [[tokens:2]]", stream=False),
+            )
+            assert response.status_code == 200
+    finally:
+        server.stop()
+
+
+def test_a_queued_turn_gets_the_next_free_slot(fake: FakeOllama) -> None:
+    server = start_server(fake.url, "--max-concurrency", "1", "--queue-timeout", "5")
+    try:
+        with (
+            open_stream(server, "short [[tokens:20]] [[itl:10]]") as sock,
+            httpx.Client(timeout=10) as http,
+        ):
+            response = http.post(
+                f"{server.url}/v1/chat/completions",
+                content=chat_body("Hi [[tokens:2]]", stream=False),
+            )
+            assert response.status_code == 200
+            assert read_to_end(sock).count(b"data: [DONE]") == 1
+    finally:
+        server.stop()
+
+
+# Timeouts
+
+
+def test_first_token_timeout_is_a_504_and_closes_ollama(fake: FakeOllama) -> None:
+    server = start_server(fake.url, "--first-token-timeout", "0.3")
+    try:
+        with httpx.Client(timeout=10) as http:
+            response = http.post(
+                f"{server.url}/v1/chat/completions", content=chat_body("slow-first [[ttft:3000]]")
+            )
+        assert response.status_code == 504
+        assert response.json()["error"]["code"] == "upstream_timeout"
+        record = next(r for r in reversed(fake.requests()) if "slow-first" in json.dumps(r["body"]))
+        assert record["outcome"] == "client_closed"
+        assert metrics(server)["voice_llm_turns_total[outcome=timeout]"] == 1
+    finally:
+        server.stop()
+
+
+def test_token_gap_timeout_ends_the_stream_cleanly(fake: FakeOllama) -> None:
+    server = start_server(fake.url, "--token-timeout", "0.3")
+    try:
+        with httpx.Client(timeout=10) as http:
+            response = http.post(
+                f"{server.url}/v1/chat/completions", content=chat_body("Hi [[stall-after:2]]")
+            )
+        events = response.content.split(b"\n\n")
+        assert events[-2] == b"data: [DONE]"
+        finish = json.loads(events[-3][len(b"data: ") :])
+        assert finish["choices"][0]["finish_reason"] == "stop"
+        assert sum(1 for e in events if b'"content":"' in e and b'"content":""' not in e) == 2
+        assert metrics(server)["voice_llm_turns_total[outcome=timeout]"] == 1
+    finally:
+        server.stop()
+
+
+# Ollama faults
+
+
+def test_ollama_dies_mid_stream_then_comes_back() -> None:
+    fake = start_fake("--ttft", "5", "--itl", "5", "--load-ms", "20")
+    server = start_server(fake.url, "--warm-check-interval", "0.5")
+    try:
+        with open_stream(server, "Hi [[tokens:2000]] [[itl:10]]") as sock:
+            fake.proc.kill()
+            started = time.monotonic()
+            rest = read_to_end(sock)
+            assert time.monotonic() - started < 3
+        assert rest.count(b"data: [DONE]") == 1
+        assert b'"finish_reason":"stop"' in rest
+        wait_for(lambda: ping(server) == 204)
+        with httpx.Client(timeout=10) as http:
+            response = http.post(f"{server.url}/v1/chat/completions", content=chat_body("Hi"))
+            assert response.status_code == 503
+            assert http.get(f"{server.url}/health").json()["ollama"]["reachable"] is False
+        fake.stop()
+        fake = start_fake("--port", str(fake.port), "--ttft", "5", "--itl", "5", "--load-ms", "20")
+        wait_for(lambda: ping(server) == 200)
+        with httpx.Client(timeout=10) as http:
+            response = http.post(
+                f"{server.url}/v1/chat/completions", content=chat_body("Hi [[tokens:3]]")
+            )
+            assert response.status_code == 200
+            assert response.content.endswith(b"data: [DONE]\n\n")
+    finally:
+        server.stop()
+        fake.stop()
+
+
+def test_an_evicted_model_is_warmed_again() -> None:
+    fake = start_fake("--load-ms", "20")
+    server = start_server(fake.url, "--warm-check-interval", "0.2")
+    try:
+        loads = fake.stats()["loads"]
+        with httpx.Client(timeout=5) as http:
+            assert http.post(f"{fake.url}/_sim/evict").status_code == 200
+        wait_for(lambda: fake.stats()["loads"] > loads and fake.stats()["loaded"])
+        wait_for(lambda: ping(server) == 200)
+        assert fake.stats()["reloads"] == 0
+    finally:
+        server.stop()
+        fake.stop()
+
+
+# Graceful shutdown
+
+
+def test_sigterm_lets_in_flight_streams_finish(fake: FakeOllama) -> None:
+    server = start_server(fake.url)
+    with open_stream(server, "Hi [[tokens:40]] [[itl:20]]") as sock:
+        server.proc.send_signal(signal.SIGTERM)
+        rest = read_to_end(sock)
+    assert rest.count(b"data: [DONE]") == 1
+    assert b'"finish_reason":"stop"' in rest
+    assert server.proc.wait(timeout=10) == 0
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
+    server.stop()
+
+
+def test_sigterm_deadline_closes_long_streams_cleanly(fake: FakeOllama) -> None:
+    server = start_server(fake.url, "--shutdown-timeout", "1")
+    with open_stream(server, "long-drain [[tokens:2000]] [[itl:20]]") as sock:
+        server.proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        rest = read_to_end(sock)
+        assert time.monotonic() - started < 5
+    assert rest.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")
+    assert server.proc.wait(timeout=10) == 0
+    record = next(r for r in reversed(fake.requests()) if "long-drain" in json.dumps(r["body"]))
+    assert record["outcome"] == "client_closed"
+    server.stop()
+
+
+# Metrics and logs
+
+
+def test_metrics_count_turns_and_latencies(server: Process) -> None:
+    with httpx.Client(timeout=10) as http:
+        for _ in range(3):
+            http.post(f"{server.url}/v1/chat/completions", content=chat_body("Hi [[tokens:5]]"))
+    samples = metrics(server)
+    assert samples["voice_llm_turns_total[outcome=ok]"] >= 3
+    assert samples["voice_llm_ttft_seconds_count"] >= 3
+    assert samples["voice_llm_inter_token_seconds_count"] >= 12
+    assert samples["voice_llm_model_warm"] == 1
+    assert samples["voice_llm_ollama_reachable"] == 1
+    assert samples["voice_llm_streams_waiting"] == 0
+
+
+def test_metrics_need_the_key_when_one_is_set(keyed_server: Process) -> None:
+    with httpx.Client(timeout=5) as http:
+        assert http.get(f"{keyed_server.url}/metrics").status_code == 401
+    assert metrics(keyed_server, Authorization=f"Bearer {API_KEY}")["voice_llm_model_warm"] == 1
+
+
+def turn_records(output: bytes) -> list[dict[str, Any]]:
+    records = []
+    for line in output.splitlines():
+        if line.startswith(b"{"):
+            record = json.loads(line)
+            if record.get("event") == "turn":
+                records.append(record)
+    return records
+
+
+def test_one_json_log_line_per_turn_without_content(fake: FakeOllama) -> None:
+    server = start_server(fake.url)
+    try:
+        body = {
+            "messages": [{"role": "user", "content": "secret words [[tokens:3]]"}],
+            "stream": True,
+            "call": {"id": "call-123"},
+            "customer": {"number": "+15551234567"},
+        }
+        with httpx.Client(timeout=10) as http:
+            http.post(f"{server.url}/v1/chat/completions", json=body)
+            http.post(
+                f"{server.url}/v1/chat/completions", content=chat_body("Hi [[error-after:1]]")
+            )
+    finally:
+        server.stop()
+    ok, failed = turn_records(server.output())
+    assert ok["call_id"] == "call-123"
+    assert ok["turn_id"].startswith("chatcmpl-")
+    assert ok["outcome"] == "ok"
+    assert ok["tokens"] == 3
+    assert ok["ttft_ms"] > 0
+    assert ok["duration_ms"] >= ok["ttft_ms"]
+    assert ok["model"] == "llama3.1:8b"
+    assert failed["outcome"] == "upstream_error"
+    assert "mid-stream" in failed["error"]
+    assert b"secret words" not in server.output()
+    assert b"+15551234567" not in server.output()
+
+
+def test_log_content_flag_adds_the_messages(fake: FakeOllama) -> None:
+    server = start_server(fake.url, "--log-content")
+    try:
+        with httpx.Client(timeout=10) as http:
+            http.post(
+                f"{server.url}/v1/chat/completions", content=chat_body("visible words [[tokens:1]]")
+            )
+    finally:
+        server.stop()
+    (record,) = turn_records(server.output())
+    assert record["messages"] == [{"role": "user", "content": "visible words [[tokens:1]]"}]
+
+
+# Limits
+
+
+def test_too_many_messages(fake: FakeOllama) -> None:
+    server = start_server(fake.url, "--max-messages", "3")
+    try:
+        messages = [{"role": "user", "content": "hi"}] * 4
+        with httpx.Client(timeout=10) as http:
+            response = http.post(f"{server.url}/v1/chat/completions", json={"messages": messages})
+            assert response.status_code == 400
+            assert response.json()["error"]["code"] == "too_many_messages"
+            assert response.json()["error"]["param"] == "messages"
+            response = http.post(
+                f"{server.url}/v1/chat/completions", json={"messages": messages[:3]}
+            )
+            assert response.status_code == 200
+    finally:
+        server.stop()
+
+
+def test_slow_headers_get_a_408(fake: FakeOllama) -> None:
+    server = start_server(fake.url, "--read-timeout", "0.3")
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408 ")
+        assert b'"code":"request_timeout"' in answer
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            assert sock.recv(65536).startswith(b"HTTP/1.1 408 ")  # a silent one as well
+        assert ping(server) == 200
+    finally:
+        server.stop()
+
+
+def test_connection_cap(fake: FakeOllama) -> None:
+    server = start_server(fake.url, "--max-connections", "3")
+    try:
+        idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
+        try:
+            with httpx.Client(timeout=5) as http:
+                assert http.get(f"{server.url}/health").status_code == 503
+        finally:
+            for sock in idle:
+                sock.close()
+        wait_for(lambda: ping(server) == 200)
+    finally:
+        server.stop()
