@@ -165,7 +165,7 @@ class App:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
             raise ServiceError(400, "invalid_json", "the request body is not valid JSON") from None
-        request = parse_chat_request(data, self.config.max_messages)
+        request = parse_chat_request(data, self.config.max_messages, self.config.max_message_chars)
         completion_id = new_completion_id()
         turn = request.to_turn(self.config.system_prompt, completion_id)
 

@@ -46,6 +46,7 @@ class Config:
     shutdown_timeout: int = 20
     max_body_bytes: int = 4 * 1024 * 1024
     max_messages: int = 1000
+    max_message_chars: int = 100_000
     max_connections: int = 2000
     stream_window: float = 0.04
     warm_retry_interval: float = 2.0
@@ -137,6 +138,7 @@ _SETTINGS: list[tuple[str, str, type, str]] = [
     ("warm_check_interval", "WARM_CHECK_INTERVAL", float, "seconds between checks of /api/ps"),
     ("max_body_bytes", "MAX_BODY_BYTES", int, "largest request body or websocket frame"),
     ("max_messages", "MAX_MESSAGES", int, "most messages in one request"),
+    ("max_message_chars", "MAX_MESSAGE_CHARS", int, "longest message, in characters"),
     ("max_connections", "MAX_CONNECTIONS", int, "most open connections"),
     ("stream_window", "STREAM_WINDOW", float, "RunPod: seconds of tokens coalesced per yield"),
     ("log_level", "LOG_LEVEL", str, "debug, info, warning or error"),
@@ -156,6 +158,7 @@ _POSITIVE = {
     "read_timeout",
     "warm_check_interval",
     "max_messages",
+    "max_message_chars",
     "max_connections",
     "num_ctx",
     "vapi_hmac_max_skew",

@@ -175,10 +175,13 @@ _MODELS = (ChatRequest, Message, ContentPart, ToolCallIn, FunctionCall, StreamOp
 _FIELD_NAMES = frozenset(name for model in (*_MODELS, FunctionDef) for name in model.model_fields)
 
 
-def parse_chat_request(data: object, max_messages: int | None = None) -> ChatRequest:
+def parse_chat_request(
+    data: object, max_messages: int | None = None, max_message_chars: int | None = None
+) -> ChatRequest:
     """Validate a decoded JSON body; raises :class:`ServiceError` (400) naming the field.
 
-    ``max_messages`` bounds the conversation's length.
+    ``max_messages`` bounds the conversation's length and ``max_message_chars`` each
+    message's text.
     """
     if not isinstance(data, dict):
         raise ServiceError(
@@ -193,7 +196,7 @@ def parse_chat_request(data: object, max_messages: int | None = None) -> ChatReq
             param="messages",
         )
     try:
-        return ChatRequest.model_validate(data)
+        request = ChatRequest.model_validate(data)
     except ValidationError as exc:
         error = exc.errors(include_url=False)[0]
         # Pydantic puts union members ("str", "list[ContentPart]") in the location.
@@ -205,3 +208,15 @@ def parse_chat_request(data: object, max_messages: int | None = None) -> ChatReq
         else:
             message = f"'{param}' is invalid: {error['msg']}"
         raise ServiceError(400, "invalid_value", message, param=param) from None
+    if max_message_chars is not None:
+        for i, entry in enumerate(request.messages):
+            size = len(_text(i, entry.content))
+            if size > max_message_chars:
+                raise ServiceError(
+                    400,
+                    "message_too_long",
+                    f"'messages.{i}.content' has {size} characters; the limit is "
+                    f"{max_message_chars}",
+                    param=f"messages.{i}.content",
+                )
+    return request

@@ -136,7 +136,7 @@ class _Session:
         del frame["type"], frame["id"]
         try:
             config = self._endpoint.config
-            request = parse_chat_request(frame, config.max_messages)
+            request = parse_chat_request(frame, config.max_messages, config.max_message_chars)
             turn = request.to_turn(config.system_prompt, turn_id)
         except ServiceError as exc:
             await self.error(turn_id, exc.code, exc.message)
