@@ -334,9 +334,15 @@ def test_log_content_flag_adds_the_messages(fake: FakeOllama) -> None:
 # Limits
 
 
-def test_too_many_messages(fake: FakeOllama) -> None:
-    server = start_server(fake.url, "--max-messages", "3")
+def test_too_many_messages_or_too_long_a_message(fake: FakeOllama) -> None:
+    server = start_server(fake.url, "--max-messages", "3", "--max-message-chars", "10")
     try:
+        with httpx.Client(timeout=10) as http:
+            long = [{"role": "user", "content": "x" * 11}]
+            response = http.post(f"{server.url}/v1/chat/completions", json={"messages": long})
+            assert response.status_code == 400
+            assert response.json()["error"]["code"] == "message_too_long"
+            assert response.json()["error"]["param"] == "messages.0.content"
         messages = [{"role": "user", "content": "hi"}] * 4
         with httpx.Client(timeout=10) as http:
             response = http.post(f"{server.url}/v1/chat/completions", json={"messages": messages})
