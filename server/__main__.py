@@ -2,6 +2,8 @@
 
 ``python -m server preload`` loads the model into Ollama with the server's own
 load-time options and exits: 0 once it is warm, 1 if it is not within ``--wait``.
+
+``python -m server vapi-assistant`` prints a VAPI assistant (JSON) pointing at this server.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from .app import App
 from .config import Config, ConfigError, parse_config
 from .engine import CONTROL_ERRORS, Engine
 from .protocol import http_protocol
+from .vapi import vapi_assistant
 
 log = logging.getLogger("server")
 
@@ -56,8 +59,8 @@ class _Server(uvicorn.Server):
             super().handle_exit(sig, frame)
 
 
-def serve(config: Config) -> int:
-    """Serve until stopped."""
+def serve(config: Config, app: App) -> int:
+    """Serve ``app`` until stopped."""
     if config.api_key is None and not config.loopback:
         log.warning(
             "!!! NO API KEY: listening on %s without --api-key / API_KEY: anyone who can reach "
@@ -66,7 +69,7 @@ def serve(config: Config) -> int:
         )
     server = _Server(
         uvicorn.Config(
-            build_app(config),
+            app,
             host=config.host,
             port=config.port,
             loop="uvloop",
@@ -114,6 +117,8 @@ async def preload(config: Config, wait: float) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the configuration, then serve (or preload) until done."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["vapi-assistant"]:
+        return vapi_assistant(args[1:])
     command = args.pop(0) if args and args[0] == "preload" else "serve"
     wait = 300.0
     if command == "preload" and args[:1] == ["--wait"] and len(args) > 1:
@@ -121,12 +126,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = args[2:]
     try:
         config = parse_config(args)
+        _setup_logging(config)
+        app = build_app(config) if command == "serve" else None
     except ConfigError as exc:
         print(f"python -m server: error: {exc}", file=sys.stderr)
         return 2
-    _setup_logging(config)
-    if command == "serve":
-        return serve(config)
+    if app is not None:
+        return serve(config, app)
     problem = asyncio.run(preload(config, wait))
     if problem is not None:
         print(

@@ -32,6 +32,8 @@ from .events import Event, Failure, Finish, TextDelta, ToolCall
 from .metrics import CONTENT_TYPE, Metrics
 from .render import DONE, ChunkRenderer, collect_completion, new_completion_id, sse
 from .schema import parse_chat_request
+from .tools import load_tools
+from .vapi import WEBHOOK_PATH, VapiWebhook
 from .ws import WebSocketEndpoint
 
 __all__ = ["App"]
@@ -65,10 +67,13 @@ class App:
         self.engine = engine
         self._keys = KeyCheck(config.api_key)
         self._websocket = WebSocketEndpoint(config, engine)
-        self.metrics = Metrics(engine)
+        tools = load_tools(config.tools_module) if config.tools_module else None
+        self.vapi = VapiWebhook(config, tools)
+        self.metrics = Metrics(engine, lambda: self.vapi.counts)
         self._routes: dict[str, tuple[str, Callable[[Scope, Receive, Send], Awaitable[None]]]] = {
             "/health": ("GET", self._health),
             "/ping": ("GET", self._ping),
+            WEBHOOK_PATH: ("POST", self._vapi_webhook),
             "/metrics": ("GET", self._metrics),
         }
         for path in CHAT_PATHS:
@@ -123,6 +128,9 @@ class App:
         else:
             await send({"type": "http.response.start", "status": 204, "headers": []})
             await send({"type": "http.response.body", "body": b""})
+
+    async def _vapi_webhook(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.vapi(scope, receive, send)
 
     async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
         health = await self.engine.health()

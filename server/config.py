@@ -59,6 +59,7 @@ class Config:
     vapi_hmac_secret: str | None = None
     vapi_hmac_max_skew: float = 300.0
     assistant_file: str | None = None
+    tools_module: str | None = None
 
     @property
     def load_options(self) -> dict[str, int]:
@@ -147,6 +148,7 @@ _SETTINGS: list[tuple[str, str, type, str]] = [
     ("vapi_hmac_secret", "VAPI_HMAC_SECRET", str, "webhook HMAC-SHA256 signing secret"),
     ("vapi_hmac_max_skew", "VAPI_HMAC_MAX_SKEW", float, "seconds a signed webhook may be off"),
     ("assistant_file", "ASSISTANT_FILE", str, "JSON file: first message, voice, transcriber"),
+    ("tools_module", "TOOLS_MODULE", str, "module whose 'tools' registry serves VAPI tool calls"),
 ]
 
 _POSITIVE = {
