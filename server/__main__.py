@@ -20,6 +20,7 @@ import uvicorn
 from .app import App
 from .config import Config, ConfigError, parse_config
 from .engine import CONTROL_ERRORS, Engine
+from .logs import setup_logging
 from .protocol import http_protocol
 from .vapi import vapi_assistant
 
@@ -29,20 +30,6 @@ log = logging.getLogger("server")
 def build_app(config: Config) -> App:
     """The ASGI application for a configuration, with its engine."""
     return App(config, Engine(config))
-
-
-def _setup_logging(config: Config) -> None:
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per control request
-    # Turn records are JSON lines of their own, ready for a log pipeline.
-    turns = logging.getLogger("server.turn")
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    turns.addHandler(handler)
-    turns.propagate = False
 
 
 class _Server(uvicorn.Server):
@@ -126,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = args[2:]
     try:
         config = parse_config(args)
-        _setup_logging(config)
+        setup_logging(config)
         app = build_app(config) if command == "serve" else None
     except ConfigError as exc:
         print(f"python -m server: error: {exc}", file=sys.stderr)

@@ -30,19 +30,14 @@ from .engine import Engine
 from .errors import ServiceError
 from .events import Event, Failure, Finish, TextDelta, ToolCall
 from .metrics import CONTENT_TYPE, Metrics
-from .render import DONE, ChunkRenderer, collect_completion, new_completion_id, sse
-from .schema import parse_chat_request
+from .render import DONE, ChunkRenderer, collect_completion, models_list, new_completion_id, sse
+from .schema import CHAT_PATHS, MODELS_PATHS, parse_chat_request
 from .tools import load_tools
 from .vapi import WEBHOOK_PATH, VapiWebhook
 from .ws import WebSocketEndpoint
 
 __all__ = ["App"]
 
-
-CHAT_PATHS = frozenset(
-    {"/chat/completions", "/v1/chat/completions", "/chat/completions/chat/completions"}
-)
-MODELS_PATHS = frozenset({"/v1/models", "/models"})
 
 _JSON = (b"content-type", b"application/json")
 _SSE_HEADERS = [
@@ -140,8 +135,7 @@ class App:
         await _respond(send, 200, self.metrics.render(), [(b"content-type", CONTENT_TYPE)])
 
     async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
-        model = {"id": self.config.model, "object": "model", "created": 0, "owned_by": "ollama"}
-        await _respond(send, 200, orjson.dumps({"object": "list", "data": [model]}))
+        await _respond(send, 200, orjson.dumps(models_list(self.config.model)))
 
     # Chat
 

@@ -51,6 +51,7 @@ class Config:
     stream_window: float = 0.04
     warm_retry_interval: float = 2.0
     warm_check_interval: float = 10.0
+    warm_timeout: float = 300.0
     read_timeout: float = 10.0
     log_level: str = "info"
     log_content: bool = False
@@ -137,6 +138,12 @@ _SETTINGS: list[tuple[str, str, type, str]] = [
     ("shutdown_timeout", "SHUTDOWN_TIMEOUT", int, "seconds in-flight turns get on SIGTERM"),
     ("read_timeout", "READ_TIMEOUT", float, "seconds a client may take to send its headers"),
     ("warm_check_interval", "WARM_CHECK_INTERVAL", float, "seconds between checks of /api/ps"),
+    (
+        "warm_timeout",
+        "WARM_TIMEOUT",
+        float,
+        "RunPod: seconds the worker waits at start for the model",
+    ),
     ("max_body_bytes", "MAX_BODY_BYTES", int, "largest request body or websocket frame"),
     ("max_messages", "MAX_MESSAGES", int, "most messages in one request"),
     ("max_message_chars", "MAX_MESSAGE_CHARS", int, "longest message, in characters"),
@@ -235,6 +242,8 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"{name.replace('_', '-')} {value} must be above zero")
     if config.stream_window < 0:
         raise ConfigError(f"stream-window {config.stream_window} must not be negative")
+    if config.warm_timeout < 0:
+        raise ConfigError(f"warm-timeout {config.warm_timeout} must not be negative")
     if config.shutdown_timeout < 0:
         raise ConfigError(f"shutdown-timeout {config.shutdown_timeout} must not be negative")
     if not config.model.strip() or any(c.isspace() for c in config.model):

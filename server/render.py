@@ -16,7 +16,15 @@ import orjson
 
 from .events import Event, Failure, Finish, TextDelta, ToolCall, Usage
 
-__all__ = ["DONE", "ChunkRenderer", "collect_completion", "new_completion_id", "sse", "usage_dict"]
+__all__ = [
+    "DONE",
+    "ChunkRenderer",
+    "collect_completion",
+    "models_list",
+    "new_completion_id",
+    "sse",
+    "usage_dict",
+]
 
 DONE = b"data: [DONE]\n\n"
 
@@ -33,6 +41,12 @@ def usage_dict(usage: Usage) -> dict[str, int]:
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
     }
+
+
+def models_list(model: str) -> dict[str, Any]:
+    """OpenAI's models list, holding the one served model."""
+    entry = {"id": model, "object": "model", "created": 0, "owned_by": "ollama"}
+    return {"object": "list", "data": [entry]}
 
 
 def new_completion_id() -> str:

@@ -16,7 +16,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .errors import ServiceError
 from .events import Turn
 
-__all__ = ["ChatRequest", "parse_chat_request"]
+__all__ = ["CHAT_PATHS", "MODELS_PATHS", "ChatRequest", "parse_chat_request"]
+
+# Where OpenAI clients post chats: VAPI appends /chat/completions to the URL it is
+# given, and users paste the full path as that URL too.
+CHAT_PATHS = frozenset(
+    {
+        "/chat/completions",
+        "/v1/chat/completions",
+        "/chat/completions/chat/completions",
+        "/v1/chat/completions/chat/completions",
+    }
+)
+MODELS_PATHS = frozenset({"/v1/models", "/models"})
 
 
 class _Model(BaseModel):
