@@ -1362,7 +1362,7 @@ class FakeOllama:
         self.port = 0
         self.host = _ModelHost(config, loop)
         self.connections: set[_Connection] = set()
-        self.rng = random.Random(config.seed)  # noqa: S311 - timing noise, not secrets
+        self.rng = random.Random(config.seed)
         self._log: deque[RequestRecord] = deque(maxlen=REQUEST_LOG_SIZE)
         self._next_id = 1
         self._requests_total = 0
