@@ -1,35 +1,46 @@
 """Benchmark: the server against direct (simulated) Ollama under the same streaming load.
 
 ``python -m loadtest.bench`` starts the Ollama simulator (``loadtest.fake_ollama``) and
-the server (``python -m server``) as child processes, then, for each concurrency level,
-drives the same closed-loop load (N virtual clients, each streaming one chat turn after
-another over its own keep-alive connection) against each target in turn:
+the server (``python -m server``) as child processes (:mod:`loadtest.processes`), then,
+for each concurrency level, drives the same closed-loop load (N virtual clients, each
+streaming one chat turn after another over its own keep-alive connection or websocket)
+against each target in turn:
 
 - ``direct``: ``POST /api/chat`` on the simulator, NDJSON; a token is a line with a
   non-empty ``message.content``;
 - ``sse``: ``POST /v1/chat/completions`` on the server with a VAPI-shaped body, SSE; a
-  token is a ``data:`` event with a non-empty ``choices[0].delta.content``.
+  token is a ``data:`` event with a non-empty ``choices[0].delta.content``;
+- ``ws``: the server's ``/ws``, one socket per virtual client kept open across its turns;
+  a turn is a ``chat`` frame with the same messages and settings as the SSE body, a
+  token is a ``delta`` frame of that turn with non-empty ``content``, and the turn ends
+  at its ``done`` (``stop`` or ``length``; anything else, or an ``error``, fails it).
 
-By default each level runs direct, then the server, then direct again: the two direct
-runs bracket the server run, are pooled as its baseline, and their difference is
-printed as the drift of the machine over the level.
+By default the levels are 1, 50 and 200, and each level runs direct, then the server
+targets, then direct again: the two direct runs bracket the server runs, are pooled as
+their baseline, and their difference is printed as the drift of the machine over the
+level. ``--scaling`` runs the levels 1, 10, 50, 200 and 500 instead and writes the
+tables as markdown (``--markdown``, default ``bench-results/scaling.md``) and a PNG of
+TTFT p50/p99 against concurrency per target (``--plot``, default
+``bench-results/scaling.png``); either file is written by any run that is given its path.
 
 Each run has a discarded warm-up, then a measured window in which the load is steady.
-Per run it reports TTFT (request sent to first non-empty content) p50/p90/p99, ITL
-(gap between successive content tokens of a stream) p50/p99, content tokens per second
-over the window, errors with their reasons, and CPU per content token of the server,
-the simulator and the load generator itself (on-CPU time of each process over the
-window: ``/proc/<pid>/task/*/schedstat``, nanosecond resolution, checked against
-psutil's user+system, 10 ms ticks). The "server vs direct" section checks the deltas
+Per run it reports TTFT (request or chat frame sent to first non-empty content)
+p50/p90/p99, ITL (gap between successive content tokens of a stream) p50/p99, content
+tokens per second over the window, errors with their reasons, and CPU per content token
+of the server, the simulator and the load generator itself (on-CPU time of each process
+over the window: ``/proc/<pid>/task/*/schedstat``, nanosecond resolution, checked
+against psutil's user+system, 10 ms ticks), and how busy the machine was, in total and
+by programs other than these three. The "server vs direct" section checks the deltas
 against the latency and CPU targets and marks each PASS or MISS.
 
 The load generator is this process: uvloop, one :class:`asyncio.Protocol` per
-connection with a hand-written HTTP/1.1 response parser (chunked or sized bodies),
-one clock reading per ``data_received``, one ``orjson.loads`` per line or event.
+connection. HTTP has a hand-written HTTP/1.1 response parser (chunked or sized bodies);
+the websocket a minimal RFC 6455 client (:class:`WsConnection`: handshake, masked client
+frames, unmasked server text frames, ping answered by pong, close). Both take one clock
+reading per ``data_received`` and one ``orjson.loads`` per line, event or frame.
 
 A target is "how one virtual client opens a stream and records its token arrival
-times" (:class:`Target`, :class:`TargetClient`); a websocket target fits beside the
-two HTTP ones by implementing those two classes and adding a factory to ``TARGETS``.
+times" (:class:`Target`, :class:`TargetClient`), registered in ``TARGETS``.
 
 The children are always stopped: on return, on error, on Ctrl-C and SIGTERM, and (by
 ``PR_SET_PDEATHSIG``) if this process is killed. A stream that fails or exceeds
@@ -41,20 +52,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
-import ctypes
+import hashlib
 import math
 import os
 import platform
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from abc import ABC, abstractmethod
 from bisect import bisect_left, bisect_right
 from collections import Counter
@@ -68,6 +76,8 @@ import orjson
 import psutil  # type: ignore[import-untyped,unused-ignore]
 import uvloop
 
+from .processes import Child, start_server, start_simulator
+
 __all__ = [
     "TARGETS",
     "HttpConnection",
@@ -78,12 +88,19 @@ __all__ = [
     "StreamRecord",
     "Target",
     "TargetClient",
+    "WsConnection",
+    "WsTarget",
     "main",
     "percentile",
+    "ws_connect",
+    "ws_frame",
 ]
 
-ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = "llama3.1:8b"
+DEFAULT_LEVELS = (1, 50, 200)
+SCALING_LEVELS = (1, 10, 50, 200, 500)
+SCALING_MARKDOWN = Path("bench-results/scaling.md")
+SCALING_PLOT = Path("bench-results/scaling.png")
 
 # Pause after a failed stream before the client tries again, so that a refusing
 # target cannot turn the load generator into a busy loop.
@@ -505,6 +522,260 @@ async def http_get_json(host: str, port: int, path: str, wait: float = 5.0) -> A
             conn.close()
 
 
+# --------------------------------------------------------------------------- websocket client
+
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_OP_CONTINUATION, _OP_TEXT, _OP_BINARY, _OP_CLOSE, _OP_PING, _OP_PONG = 0, 1, 2, 8, 9, 10
+_CLOSE_NORMAL = 1000
+
+
+def ws_frame(opcode: int, payload: bytes, mask: bytes) -> bytes:
+    """One final client frame (RFC 6455 5.2): ``payload`` masked with the 4-byte ``mask``."""
+    size = len(payload)
+    if size < 126:
+        head = bytes((0x80 | opcode, 0x80 | size))
+    elif size < 65536:
+        head = bytes((0x80 | opcode, 0x80 | 126)) + size.to_bytes(2, "big")
+    else:
+        head = bytes((0x80 | opcode, 0x80 | 127)) + size.to_bytes(8, "big")
+    key = int.from_bytes((mask * (size // 4 + 1))[:size], "big")
+    return head + mask + (int.from_bytes(payload, "big") ^ key).to_bytes(size, "big")
+
+
+def _masked(opcode: int, payload: bytes) -> bytes:
+    return ws_frame(opcode, payload, os.urandom(4))
+
+
+class WsConnection(asyncio.Protocol):
+    """One client websocket (RFC 6455) carrying one turn of the ``/ws`` protocol at a time.
+
+    It writes the opening handshake as soon as the TCP connection is made and checks
+    ``Sec-WebSocket-Accept``; :attr:`opened` resolves then, or fails with the refusal
+    (status and the start of its body). Afterwards it reads unmasked server frames
+    (text, fragmented or not; ping, answered with a pong; close, answered and then
+    the connection closed) and writes masked client frames. No extension is offered.
+
+    A turn's text frames are decoded one ``orjson.loads`` each: a ``delta`` with that
+    turn's id and non-empty ``content`` is a token (its arrival time goes to the
+    record), ``done`` or ``error`` with its id ends it. Frames of other ids (an older
+    turn's) are ignored.
+    """
+
+    def __init__(self, host: str, port: int, path: str, headers: Sequence[str] = ()) -> None:
+        key = base64.b64encode(os.urandom(16))
+        digest = hashlib.sha1(key + _WS_GUID, usedforsecurity=False).digest()
+        self._accept = base64.b64encode(digest)
+        head = [
+            f"GET {path} HTTP/1.1",
+            f"Host: {host}:{port}",
+            "User-Agent: loadtest-bench",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {key.decode()}",
+            "Sec-WebSocket-Version: 13",
+            *headers,
+        ]
+        self._handshake = ("\r\n".join(head) + "\r\n\r\n").encode()
+        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._open = False
+        self._buf = b""
+        self._fragments: list[bytes] | None = None
+        self._turn_id = ""
+        self._record: StreamRecord | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(self._handshake)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.transport = None
+        where = "mid-turn" if self._open else "during the handshake"
+        self._fail(StreamFailed(f"connection closed {where}"))
+
+    def data_received(self, data: bytes) -> None:
+        now = time.perf_counter()
+        buf = self._buf + data if self._buf else data
+        try:
+            if not self._open:
+                end = buf.find(b"\r\n\r\n")
+                if end < 0:
+                    self._buf = buf
+                    return
+                self._head(buf[:end], buf[end + 4 :])
+                buf = buf[end + 4 :]
+            self._buf = self._frames(buf, now)
+        except StreamFailed as exc:
+            self._fail(exc)
+        except (ValueError, IndexError) as exc:
+            self._fail(StreamFailed(f"invalid websocket data: {exc}"))
+
+    # Turns
+
+    def turn(self, turn_id: str, frame: bytes, record: StreamRecord) -> asyncio.Future[None]:
+        """Send a ``chat`` text frame; the future resolves at the turn's ``done``."""
+        if self.transport is None or self.closed:
+            raise StreamFailed("websocket is closed")
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiter = waiter
+        self._record = record
+        self._turn_id = turn_id
+        record.t_send = time.perf_counter()
+        self.transport.write(_masked(_OP_TEXT, frame))
+        return waiter
+
+    def close(self) -> None:
+        """Send a close frame (1000) if the socket is open, then close the connection."""
+        self.closed = True
+        transport, self.transport = self.transport, None
+        if transport is not None:
+            if self._open:
+                transport.write(_masked(_OP_CLOSE, _CLOSE_NORMAL.to_bytes(2, "big")))
+            transport.close()
+        self._fail(StreamFailed("websocket closed by the client"))
+
+    # Internals
+
+    def _head(self, head: bytes, rest: bytes) -> None:
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split(b" ", 2)[1])
+        if status != 101:
+            detail = rest[:_ERROR_BODY_LIMIT].decode(errors="replace").strip()
+            raise StreamFailed(f"HTTP {status}: {detail}")
+        accept = b""
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"sec-websocket-accept":
+                accept = value.strip()
+        if accept != self._accept:
+            raise StreamFailed("handshake answered with a wrong Sec-WebSocket-Accept")
+        self._open = True
+        if not self.opened.done():
+            self.opened.set_result(None)
+
+    def _frames(self, buf: bytes, now: float) -> bytes:
+        """Handle every complete frame in ``buf`` (none after a close); returns the rest."""
+        pos = 0
+        size = len(buf)
+        while size - pos >= 2 and not self.closed:
+            first, second = buf[pos], buf[pos + 1]
+            if first & 0x70:
+                raise StreamFailed("frame with reserved bits set (no extension was agreed)")
+            if second & 0x80:
+                raise StreamFailed("masked frame from the server")
+            length = second & 0x7F
+            start = pos + 2
+            if length == 126:
+                if size - start < 2:
+                    break
+                length = int.from_bytes(buf[start : start + 2], "big")
+                start += 2
+            elif length == 127:
+                if size - start < 8:
+                    break
+                length = int.from_bytes(buf[start : start + 8], "big")
+                start += 8
+            end = start + length
+            if end > size:
+                break
+            self._frame(first & 0x80, first & 0x0F, buf[start:end], now)
+            pos = end
+        return buf[pos:]
+
+    def _frame(self, fin: int, opcode: int, payload: bytes, now: float) -> None:
+        if opcode == _OP_TEXT:
+            if self._fragments is not None:
+                raise StreamFailed("new text frame inside a fragmented message")
+            if fin:
+                self._message(payload, now)
+            else:
+                self._fragments = [payload]
+        elif opcode == _OP_CONTINUATION:
+            if self._fragments is None:
+                raise StreamFailed("continuation frame outside a fragmented message")
+            self._fragments.append(payload)
+            if fin:
+                message, self._fragments = b"".join(self._fragments), None
+                self._message(message, now)
+        elif opcode == _OP_PING:
+            if self.transport is not None:
+                self.transport.write(_masked(_OP_PONG, payload))
+        elif opcode == _OP_CLOSE:
+            code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+            reason = payload[2:].decode(errors="replace")
+            transport, self.transport = self.transport, None
+            self.closed = True
+            if transport is not None:
+                transport.write(_masked(_OP_CLOSE, payload[:2]))
+                transport.close()
+            self._fail(StreamFailed(f"server closed the websocket: {code} {reason}".strip()))
+        elif opcode == _OP_BINARY:
+            raise StreamFailed("binary frame from the server")
+        elif opcode != _OP_PONG:
+            raise StreamFailed(f"unknown websocket opcode {opcode}")
+
+    def _message(self, data: bytes, now: float) -> None:
+        obj = _decode(data, "websocket frame")
+        if not isinstance(obj, dict):
+            raise StreamFailed(f"websocket frame is not an object: {data[:80]!r}")
+        record = self._record
+        kind = obj.get("type")
+        turn_id = obj.get("id")
+        if record is None or turn_id != self._turn_id:
+            if kind == "error" and turn_id is None:
+                raise StreamFailed(f"error frame: {obj.get('code')}: {obj.get('message')}")
+            return
+        if kind == "delta":
+            content = obj.get("content")
+            if content:
+                record.tokens.append(now)
+                record.chars += len(content)
+        elif kind == "done":
+            reason = obj.get("finish_reason")
+            if reason not in ("stop", "length"):
+                raise StreamFailed(f"turn ended with finish_reason {reason!r}")
+            self._record = None
+            waiter, self._waiter = self._waiter, None
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        elif kind == "error":
+            message = str(obj.get("message"))[:120]
+            raise StreamFailed(f"error frame: {obj.get('code')}: {message}")
+
+    def _fail(self, exc: StreamFailed) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(exc)
+            self.opened.exception()  # retrieved: nobody may be waiting any more
+        self._record = None
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+        if not self.closed:
+            self.close()
+
+
+async def ws_connect(host: str, port: int, path: str, headers: Sequence[str] = ()) -> WsConnection:
+    """Open a websocket and wait for the handshake; raise :class:`StreamFailed`."""
+    loop = asyncio.get_running_loop()
+    try:
+        _, conn = await loop.create_connection(
+            lambda: WsConnection(host, port, path, headers), host, port
+        )
+    except OSError as exc:
+        raise StreamFailed(f"connect failed: {exc.strerror or exc}") from None
+    try:
+        await conn.opened
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 # --------------------------------------------------------------------------- targets
 
 
@@ -692,143 +963,109 @@ def sse_target(ends: Endpoints) -> Target:
     )
 
 
-# Target name -> (whether it needs the server started, factory). A websocket target on
-# the server would be one more entry, ("ws": (True, ws_target)), with its own TargetClient.
+class WsTarget(Target):
+    """The server's ``/ws``: one socket per virtual client, kept open across its turns."""
+
+    def __init__(
+        self,
+        name: str,
+        description: str,
+        host: str,
+        port: int,
+        headers: Sequence[str],
+        fields: dict[str, Any],
+    ) -> None:
+        self.name = name
+        self.description = description
+        self.host = host
+        self.port = port
+        self.headers = tuple(headers)
+        # A chat frame is this prefix, the turn id (digits, nothing to escape), and the
+        # rest of the object: '{"type":"chat","id":"7",' + '"messages":[...],...}'.
+        self._rest = b'",' + orjson.dumps(fields)[1:]
+
+    def chat_frame(self, turn_id: str) -> bytes:
+        """The ``chat`` frame of one turn, as UTF-8 JSON."""
+        return b'{"type":"chat","id":"' + turn_id.encode() + self._rest
+
+    def client(self) -> TargetClient:
+        return _WsClient(self)
+
+
+class _WsClient(TargetClient):
+    """A virtual client holding one websocket, reopened after a failure; turn ids 1, 2..."""
+
+    def __init__(self, target: WsTarget) -> None:
+        self._target = target
+        self._conn: WsConnection | None = None
+        self._turns = 0
+
+    async def stream(self, record: StreamRecord) -> None:
+        target = self._target
+        conn = self._conn
+        if conn is None or conn.closed:
+            conn = await ws_connect(target.host, target.port, "/ws", target.headers)
+            self._conn = conn
+        self._turns += 1
+        turn_id = str(self._turns)
+        await conn.turn(turn_id, target.chat_frame(turn_id), record)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def ws_target(ends: Endpoints) -> Target:
+    """``/ws`` on the server: ``chat`` frames with the SSE target's messages and settings."""
+    assert ends.server_host is not None
+    assert ends.server_port is not None
+    headers = [f"Authorization: Bearer {ends.api_key}"] if ends.api_key else []
+    fields = {"messages": _MESSAGES, "temperature": 0.5, "max_tokens": 250}
+    return WsTarget(
+        "ws",
+        "server, /ws, JSON text frames",
+        ends.server_host,
+        ends.server_port,
+        headers,
+        fields,
+    )
+
+
+# Target name -> (whether it needs the server started, factory).
 TARGETS: dict[str, tuple[bool, Callable[[Endpoints], Target]]] = {
     "direct": (False, direct_target),
     "sse": (True, sse_target),
+    "ws": (True, ws_target),
 }
 
 
 # --------------------------------------------------------------------------- child processes
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _die_with_parent() -> None:
-    # Runs in the child before exec: its own session (Ctrl-C reaches the bench only,
-    # which then stops the child), and SIGTERM if the bench dies without cleaning up.
-    os.setsid()
-    if sys.platform == "linux":
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
-
-
-class Child:
-    """A started child process with its log file."""
-
-    def __init__(
-        self, name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None
-    ) -> None:
-        self.name = name
-        self.argv = argv
-        self.log_path = log_dir / f"{name}.log"
-        self._log = self.log_path.open("wb")
-        self.popen = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            preexec_fn=_die_with_parent,  # safe: the bench starts no thread before this
-        )
-        self.pid = self.popen.pid
-        self.url = ""
-
-    def log_text(self) -> str:
-        """Everything the child has written so far."""
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def check_alive(self) -> None:
-        """Raise if the child has exited."""
-        code = self.popen.poll()
-        if code is not None:
-            tail = "\n".join(self.log_text().splitlines()[-20:])
-            raise RuntimeError(f"{self.name} exited with code {code}:\n{tail}")
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 5 s; always reaps the child."""
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        self._log.close()
-
-
-def start_simulator(settings: Settings, log_dir: Path) -> Child:
-    """Start the simulator and wait for its ``listening on`` line (30 s at most)."""
-    module = ROOT / "loadtest" / "fake_ollama.py"
-    if not module.exists():
-        raise RuntimeError(f"the simulator {module} does not exist")
-    argv = [
-        sys.executable, "-m", "loadtest.fake_ollama", "--port", "0",
+def simulator_args(settings: Settings) -> list[str]:
+    """The simulator's arguments: the simulated model, timings and slots, already loaded."""
+    args = [
         "--model", settings.model,
         "--ttft", f"{settings.ttft_ms:g}", "--itl", f"{settings.itl_ms:g}",
         "--tokens", str(settings.tokens), "--parallel", str(settings.parallel),
         "--preloaded",
     ]  # fmt: skip
     if settings.jitter_ms is not None:
-        argv += ["--jitter", f"{settings.jitter_ms:g}"]
-    child = Child("fake_ollama", argv, log_dir)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        for line in child.log_text().splitlines():
-            if "listening on" in line:
-                child.url = line.split("listening on", 1)[1].strip()
-                return child
-        child.check_alive()
-        time.sleep(0.05)
-    child.stop()
-    raise RuntimeError("the simulator did not print its address within 30 s")
+        args += ["--jitter", f"{settings.jitter_ms:g}"]
+    return args
 
 
 def server_args(settings: Settings) -> list[str]:
-    """The server's arguments: the ``--server-arg`` ones, plus ``--max-concurrency``.
+    """The server's arguments: ``--model``, the ``--server-arg`` ones, ``--max-concurrency``.
 
     Unless given, ``--max-concurrency`` is the simulator's slot count (as one matches it
     to ``OLLAMA_NUM_PARALLEL``), so the server admits every stream the simulator serves.
     """
-    args = list(settings.server_args)
+    args = ["--model", settings.model, *settings.server_args]
     if not any(a == "--max-concurrency" or a.startswith("--max-concurrency=") for a in args):
         args += ["--max-concurrency", str(settings.parallel)]
     return args
-
-
-def start_server(settings: Settings, sim_url: str, log_dir: Path) -> Child:
-    """Start the server on a free port and wait until ``/ping`` answers 200 (60 s at most).
-
-    ``API_KEY`` is removed from its environment: a key is given with ``--server-arg``.
-    """
-    port = _free_port()
-    argv = [
-        sys.executable, "-m", "server", "--port", str(port),
-        "--ollama-url", sim_url, "--model", settings.model, *server_args(settings),
-    ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k != "API_KEY"}
-    child = Child("server", argv, log_dir, env)
-    child.url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        child.check_alive()
-        with (
-            contextlib.suppress(OSError, urllib.error.URLError),
-            urllib.request.urlopen(f"{child.url}/ping", timeout=1) as reply,  # noqa: S310
-        ):
-            if reply.status == 200:
-                return child
-        time.sleep(0.1)
-    child.stop()
-    raise RuntimeError("the server did not answer /ping with 200 within 60 s")
 
 
 # --------------------------------------------------------------------------- CPU accounting
@@ -946,6 +1183,8 @@ class Settings:
     server_args: tuple[str, ...]
     api_key: str | None
     json_path: Path | None
+    markdown_path: Path | None
+    plot_path: Path | None
 
     @property
     def stream_seconds(self) -> float:
@@ -1403,6 +1642,176 @@ def observations(results: list[RunResult]) -> list[str]:
     return notes
 
 
+def _by_target_level(results: list[RunResult]) -> dict[str, dict[int, list[RunResult]]]:
+    grouped: dict[str, dict[int, list[RunResult]]] = {}
+    for r in results:
+        grouped.setdefault(r.target, {}).setdefault(r.concurrency, []).append(r)
+    return grouped
+
+
+def _cell(check: dict[str, Any]) -> str:
+    value = float(check["value"])
+    if check["unit"] == "ms":
+        text = _f(value, 2, sign=True)
+    elif check["unit"] == "x":
+        text = "-" if math.isnan(value) else f"{value:.3f}x"
+    elif check["unit"] == "us":
+        text = _f(value, 1)
+    else:
+        text = f"{value:.0f}"
+    if check["passed"] is None:
+        return text
+    limit = f"{check['limit']:g}"
+    return f"{text} (≤ {limit}) PASS" if check["passed"] else f"{text} (≤ {limit}) **MISS**"
+
+
+def format_markdown(
+    settings: Settings, results: list[RunResult], data: dict[str, Any], when: str
+) -> str:
+    """The runs, the server-vs-direct checks and the observations as a markdown document."""
+    lines = [
+        "# Benchmark: the server against direct (simulated) Ollama",
+        "",
+        f"Run {when}, total time {data['elapsed_s']:.0f} s; "
+        f"targets: {data['passed']} PASS, {data['missed']} MISS.",
+        "",
+        *(f"- {line}" for line in describe(settings)),
+        "",
+        "## Runs",
+        "",
+        "TTFT and ITL in ms; CPU in µs per content token; busy and other in % of all cores "
+        "(other: busy time of programs outside the benchmark).",
+        "",
+        "| streams | target | measured | errors | TTFT p50 | TTFT p90 | TTFT p99 | ITL p50 "
+        "| ITL p99 | tokens/s | server CPU | sim CPU | bench CPU | busy | other |",
+        "| ---: | :--- |" + " ---: |" * 13,
+    ]
+    for r in results:
+        cpu = r.cpu_us_per_token
+        server = _f(cpu.get("server", math.nan)) if r.target != "direct" else "-"
+        name = r.target if r.repeat == 1 else f"{r.target}#{r.repeat}"
+        cells = [
+            str(r.concurrency), name, str(r.streams), str(r.errors),
+            _f(r.ttft_p50, 2), _f(r.ttft_p90, 2), _f(r.ttft_p99, 2),
+            _f(r.itl_p50, 2), _f(r.itl_p99, 2), _f(r.tokens_per_s, 0),
+            server, _f(cpu.get("sim", math.nan)), _f(cpu.get("bench", math.nan)),
+            _f(r.cpu_busy_pct.get("machine", math.nan), 0),
+            _f(r.cpu_busy_pct.get("other", math.nan), 0),
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    if data["comparisons"]:
+        lines += [
+            "",
+            "## Server against direct",
+            "",
+            "Differences from the pooled direct runs of the same level (ms), throughput "
+            "ratio, the server's CPU per token (µs), failed streams; a target in brackets "
+            "where one applies. Drift: the second direct run minus the first (TTFT p50 / p99).",
+            "",
+            "| streams | target | TTFT p50 | TTFT p99 | ITL p99 | throughput | server CPU "
+            "| errors | drift |",
+            "| ---: | :--- |" + " ---: |" * 7,
+        ]
+        for comp in data["comparisons"]:
+            moved = comp["drift"]
+            shift = (
+                "-"
+                if moved is None
+                else f"{_f(moved['ttft_p50'], 2, True)} / {_f(moved['ttft_p99'], 2, True)}"
+            )
+            cells = [str(comp["level"]), comp["target"], *map(_cell, comp["checks"]), shift]
+            lines.append("| " + " | ".join(cells) + " |")
+    if data["observations"]:
+        lines += ["", "## Observations", ""]
+        lines += [f"- {note}" for note in data["observations"]]
+    return "\n".join(lines) + "\n"
+
+
+_DELTA_TICKS = (-20, -5, -2, -1, 0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+
+
+def plot_scaling(settings: Settings, results: list[RunResult], path: Path) -> None:
+    """A PNG: TTFT p50 and p99 against concurrency for each target (log-scale x), and
+    beside it each server target's difference from direct."""
+    # Imported here: only this report needs matplotlib, and it takes a while to load.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
+
+    grouped = _by_target_level(results)
+    pooled = {
+        name: {level: _pooled(runs) for level, runs in sorted(levels.items())}
+        for name, levels in grouped.items()
+    }
+    fig, (absolute, delta) = plt.subplots(1, 2, figsize=(13, 5.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    values: list[float] = []
+    deltas: list[float] = []
+    base = pooled.get("direct", {})
+    for i, name in enumerate(settings.targets):
+        figures = pooled.get(name)
+        if not figures:
+            continue
+        color = colors[i % len(colors)]
+        levels = list(figures)
+        p50 = [figures[level]["ttft_p50"] for level in levels]
+        p99 = [figures[level]["ttft_p99"] for level in levels]
+        values += [v for v in p50 + p99 if not math.isnan(v)]
+        absolute.plot(levels, p50, "o-", color=color, label=f"{name} p50")
+        absolute.plot(levels, p99, "s--", color=color, label=f"{name} p99")
+        shared = [level for level in levels if level in base]
+        if name == "direct" or not shared:
+            continue
+        d50 = [figures[level]["ttft_p50"] - base[level]["ttft_p50"] for level in shared]
+        d99 = [figures[level]["ttft_p99"] - base[level]["ttft_p99"] for level in shared]
+        deltas += [v for v in d50 + d99 if not math.isnan(v)]
+        delta.plot(shared, d50, "o-", color=color, label=f"{name} p50 - direct p50")
+        delta.plot(shared, d99, "s--", color=color, label=f"{name} p99 - direct p99")
+    labels = {"v": "target, p50", "^": "target, p99"}
+    for level, goal in LEVEL_TARGETS.items():
+        for limit, marker in ((goal.ttft_p50_ms, "v"), (goal.ttft_p99_ms, "^")):
+            if limit is not None and level in settings.levels and deltas:
+                label = labels.pop(marker, None)
+                delta.plot([level], [limit], marker, color="black", markersize=8, label=label)
+    delta.axhline(0.0, color="grey", linewidth=0.8)
+    if values and max(values) > 20 * min(values):
+        absolute.set_yscale("log")
+    if deltas and max(abs(v) for v in deltas) > 25:
+        # Linear up to 2 ms, where the targets are, logarithmic above.
+        delta.set_yscale("symlog", linthresh=2.0, linscale=1.5)
+        low = min(-0.5, 1.3 * min(deltas))
+        high = 1.5 * max(deltas)
+        delta.set_ylim(low, high)
+        delta.set_yticks([t for t in _DELTA_TICKS if low <= t <= high])
+        delta.yaxis.set_major_formatter(ScalarFormatter())
+    for ax in (absolute, delta):
+        ax.set_xscale("log")
+        ax.set_xticks(list(settings.levels))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.minorticks_off()
+        ax.set_xlabel("concurrent streams")
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=8)
+    absolute.set_ylabel("time to first token (ms)")
+    absolute.set_title("TTFT against concurrency")
+    delta.set_ylabel("added by the server (ms)")
+    delta.set_title("server minus direct")
+    others = [r.cpu_busy_pct.get("other", 0.0) for r in results]
+    load = (
+        f"; other programs busy: {min(others):.0f} to {max(others):.0f}% of all cores "
+        f"(mean {sum(others) / len(others):.0f}%)"
+        if others
+        else ""
+    )
+    fig.suptitle(describe(settings)[0] + load, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -1435,16 +1844,22 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         description="Compare the server with direct (simulated) Ollama under the same load.",
     )
     parser.add_argument(
+        "--scaling",
+        action="store_true",
+        help="the scaling run: levels 1,10,50,200,500 (unless --levels), markdown table "
+        "and plot written (default paths under bench-results/)",
+    )
+    parser.add_argument(
         "--levels",
         type=_csv_ints,
-        default=(1, 50, 200),
-        help="concurrent streams per level (default 1,50,200)",
+        default=None,
+        help="concurrent streams per level (default 1,50,200; with --scaling 1,10,50,200,500)",
     )
     parser.add_argument(
         "--targets",
         type=_csv_targets,
-        default=("direct", "sse"),
-        help=f"targets, in order (default direct,sse; known: {','.join(TARGETS)})",
+        default=("direct", "sse", "ws"),
+        help=f"targets, in order (default direct,sse,ws; known: {','.join(TARGETS)})",
     )
     parser.add_argument("--ttft", type=float, default=50.0, help="simulated ms to first token")
     parser.add_argument("--itl", type=float, default=20.0, help="simulated ms between tokens")
@@ -1502,9 +1917,29 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         metavar="PATH",
         help="also write all figures as JSON here",
     )
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help=f"also write the tables as markdown here (with --scaling default {SCALING_MARKDOWN})",
+    )
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="also plot TTFT against concurrency as a PNG here "
+        f"(with --scaling default {SCALING_PLOT})",
+    )
     args = parser.parse_args(argv)  # fmt: skip
     if args.streams is None and args.duration is None:
         args.duration = 8.0
+    if args.levels is None:
+        args.levels = SCALING_LEVELS if args.scaling else DEFAULT_LEVELS
+    if args.scaling:
+        args.markdown = args.markdown or SCALING_MARKDOWN
+        args.plot = args.plot or SCALING_PLOT
     server_args = tuple(args.server_arg)
     api_key = None
     for i, arg in enumerate(server_args):
@@ -1530,6 +1965,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         server_args=server_args,
         api_key=api_key,
         json_path=args.json,
+        markdown_path=args.markdown,
+        plot_path=args.plot,
     )
 
 
@@ -1571,34 +2008,31 @@ async def _bench(
     return results
 
 
-def report(settings: Settings, results: list[RunResult], elapsed: float) -> dict[str, Any]:
-    """Print the tables and return every figure as plain data."""
+def describe(settings: Settings) -> list[str]:
+    """The lines that say how the figures were produced."""
     mode = (
         f"{settings.duration:g} s window after a {settings.warmup:g} s warm-up"
         if settings.streams is None
         else f"{settings.streams} streams per client after {settings.warmup_streams} warm-up"
     )
-    print()
-    print(
+    lines = [
         f"simulator: {settings.ttft_ms:g} ms to first token, {settings.itl_ms:g} ms between "
         f"tokens, {settings.tokens} tokens, {settings.parallel} slots"
-        + (f", jitter {settings.jitter_ms:g} ms" if settings.jitter_ms is not None else "")
-    )
-    print(
-        f"load: closed loop, one keep-alive connection per client, starts spread over one "
-        f"stream; {mode}; per-stream timeout {settings.timeout:g} s"
-    )
+        + (f", jitter {settings.jitter_ms:g} ms" if settings.jitter_ms is not None else ""),
+        f"load: closed loop, one keep-alive connection or websocket per client, starts spread "
+        f"over one stream; {mode}; per-stream timeout {settings.timeout:g} s",
+    ]
     first = [
         (name, repeat) for level, name, repeat in _plan(settings) if level == settings.levels[0]
     ]
     order = ", ".join(name if repeat == 1 else f"{name}#{repeat}" for name, repeat in first)
-    print(f"order per level: {order}")
+    lines.append(f"order per level: {order}")
     if any(repeat == 2 for _, _, repeat in _plan(settings)):
-        print(
+        lines.append(
             "baseline: the direct runs before and after the server are pooled; "
             "their difference is printed as the drift"
         )
-    print(
+    lines.append(
         "CPU: on-CPU time per content token over the window (schedstat ns, psutil checked); "
         "busy: whole machine; other: busy time no watched process accounts for"
     )
@@ -1609,8 +2043,16 @@ def report(settings: Settings, results: list[RunResult], elapsed: float) -> dict
                 shown[i] = "***"
             elif arg.startswith("--api-key="):
                 shown[i] = "--api-key=***"
-        print(f"server arguments: {' '.join(shown)}")
-    print(f"machine: {os.cpu_count()} cores, Python {platform.python_version()}")
+        lines.append(f"server arguments: {' '.join(shown)}")
+    lines.append(f"machine: {os.cpu_count()} cores, Python {platform.python_version()}")
+    return lines
+
+
+def report(settings: Settings, results: list[RunResult], elapsed: float) -> dict[str, Any]:
+    """Print the tables and return every figure as plain data."""
+    print()
+    for line in describe(settings):
+        print(line)
     print()
     print(format_table(results))
     comparisons: list[dict[str, Any]] = []
@@ -1672,18 +2114,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Start the children, run every level against every target, report, stop the children."""
     settings = parse_args(argv)
     started = time.perf_counter()
+    wall_start = time.time()
     log_dir = Path(tempfile.mkdtemp(prefix="bench-"))
     children: list[Child] = []
     failed = False
     try:
-        sim = start_simulator(settings, log_dir)
+        sim = start_simulator(simulator_args(settings), log_dir)
         children.append(sim)
         sim_host, sim_port = sim.url.split("://", 1)[1].rsplit(":", 1)
         pids = {"sim": sim.pid, "bench": os.getpid()}
         ends = Endpoints(settings.model, sim_host, int(sim_port), api_key=settings.api_key)
         server: Child | None = None
         if any(TARGETS[name][0] for name in settings.targets):
-            server = start_server(settings, sim.url, log_dir)
+            server = start_server(sim.url, server_args(settings), log_dir)
             children.append(server)
             pids["server"] = server.pid
             host, port = server.url.split("://", 1)[1].rsplit(":", 1)
@@ -1707,6 +2150,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if settings.json_path is not None:
             settings.json_path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
             print(f"figures written to {settings.json_path}")
+        if settings.markdown_path is not None:
+            when = time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(wall_start))
+            settings.markdown_path.parent.mkdir(parents=True, exist_ok=True)
+            settings.markdown_path.write_text(format_markdown(settings, results, data, when))
+            print(f"markdown table written to {settings.markdown_path}")
+        if settings.plot_path is not None:
+            plot_scaling(settings, results, settings.plot_path)
+            print(f"plot written to {settings.plot_path}")
         for child in children:
             child.check_alive()  # a child that died mid-run makes the figures suspect
         return 1 if data["missed"] else 0
