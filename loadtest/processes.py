@@ -70,10 +70,11 @@ class Child:
         return self.log_path.read_text(errors="replace")
 
     def check_alive(self) -> None:
-        """Raise if the child has exited."""
+        """Raise (after closing the log) if the child has exited."""
         code = self.popen.poll()
         if code is not None:
             tail = "\n".join(self.log_text().splitlines()[-20:])
+            self._log.close()
             raise RuntimeError(f"{self.name} exited with code {code}:\n{tail}")
 
     def stop(self) -> None:
