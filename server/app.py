@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from .asgi import Receive, Scope, Send
+from .asgi import JSON, Disconnected, Receive, Scope, Send, read_body, respond
 from .auth import KeyCheck
 from .config import Config
 from .engine import Engine
@@ -39,16 +39,11 @@ from .ws import WebSocketEndpoint
 __all__ = ["App"]
 
 
-_JSON = (b"content-type", b"application/json")
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
-
-
-class _Disconnected(Exception):
-    """The caller went away while its request was being served."""
 
 
 class App:
@@ -119,7 +114,7 @@ class App:
 
     async def _ping(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.engine.warm:
-            await _respond(send, 200, b'{"status":"ok"}')
+            await respond(send, 200, b'{"status":"ok"}')
         else:
             await send({"type": "http.response.start", "status": 204, "headers": []})
             await send({"type": "http.response.body", "body": b""})
@@ -129,39 +124,20 @@ class App:
 
     async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
         health = await self.engine.health()
-        await _respond(send, 200 if health["status"] == "ok" else 503, orjson.dumps(health))
+        await respond(send, 200 if health["status"] == "ok" else 503, orjson.dumps(health))
 
     async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await _respond(send, 200, self.metrics.render(), [(b"content-type", CONTENT_TYPE)])
+        await respond(send, 200, self.metrics.render(), [(b"content-type", CONTENT_TYPE)])
 
     async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await _respond(send, 200, orjson.dumps(models_list(self.config.model)))
+        await respond(send, 200, orjson.dumps(models_list(self.config.model)))
 
     # Chat
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        limit = self.config.max_body_bytes
-        for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > limit:
-                raise ServiceError(413, "body_too_large", f"the request body is over {limit} bytes")
-        chunks = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _Disconnected
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise ServiceError(413, "body_too_large", f"the request body is over {limit} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
-
     async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            body = await self._read_body(scope, receive)
-        except _Disconnected:
+            body = await read_body(scope, receive, self.config.max_body_bytes)
+        except Disconnected:
             return
         try:
             data = orjson.loads(body)
@@ -184,7 +160,7 @@ class App:
                     completion, _ = await collect_completion(
                         events, self.config.model, completion_id
                     )
-                    await _respond(send, 200, orjson.dumps(completion))
+                    await respond(send, 200, orjson.dumps(completion))
         except asyncio.CancelledError:
             if not gone.is_set():
                 raise
@@ -237,19 +213,12 @@ class App:
         await send({"type": "http.response.body", "body": pending + DONE, "more_body": False})
 
     async def _error(self, send: Send, error: ServiceError, allow: str | None = None) -> None:
-        headers = [_JSON]
+        headers = [JSON]
         if error.retry_after is not None:
             headers.append((b"retry-after", str(error.retry_after).encode()))
         if allow is not None:
             headers.append((b"allow", allow.encode()))
-        await _respond(send, error.status, orjson.dumps(error.to_openai()), headers)
-
-
-async def _respond(
-    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": headers or [_JSON]})
-    await send({"type": "http.response.body", "body": body})
+        await respond(send, error.status, orjson.dumps(error.to_openai()), headers)
 
 
 async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], gone: asyncio.Event) -> None:

@@ -1,13 +1,53 @@
-"""The ASGI types the adapters are written against."""
+"""The ASGI types the adapters are written against, and the helpers they share."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-__all__ = ["Message", "Receive", "Scope", "Send"]
+from .errors import ServiceError
+
+__all__ = ["JSON", "Disconnected", "Message", "Receive", "Scope", "Send", "read_body", "respond"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+
+JSON = (b"content-type", b"application/json")
+
+
+class Disconnected(Exception):
+    """The caller went away before its request body was read."""
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole request body; a 413 :class:`ServiceError` as soon as it is over ``limit``.
+
+    Raises :class:`Disconnected` if the caller leaves first.
+    """
+    too_large = ServiceError(413, "body_too_large", f"the request body is over {limit} bytes")
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise too_large
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise Disconnected
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def respond(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """Send a whole response (JSON unless ``headers`` say otherwise)."""
+    await send({"type": "http.response.start", "status": status, "headers": headers or [JSON]})
+    await send({"type": "http.response.body", "body": body})

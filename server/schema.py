@@ -16,7 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .errors import ServiceError
 from .events import Turn
 
-__all__ = ["CHAT_PATHS", "MODELS_PATHS", "ChatRequest", "parse_chat_request"]
+__all__ = [
+    "CHAT_PATHS",
+    "MODELS_PATHS",
+    "ChatRequest",
+    "field_error",
+    "parse_chat_request",
+]
 
 # Where OpenAI clients post chats: VAPI appends /chat/completions to the URL it is
 # given, and users paste the full path as that URL too.
@@ -183,6 +189,22 @@ def _to_ollama(index: int, message: Message, tool_names: dict[str, str]) -> dict
     return out
 
 
+def field_error(exc: ValidationError, names: frozenset[str], prefix: str = "") -> ServiceError:
+    """A 400 that names the first invalid field of a validation error.
+
+    ``names`` are the models' field names: pydantic also puts union members (``str``,
+    ``list[ContentPart]``) in an error's location, and those are left out of ``param``.
+    """
+    error = exc.errors(include_url=False)[0]
+    path = ".".join(str(part) for part in error["loc"] if isinstance(part, int) or part in names)
+    param = prefix + path
+    if error["type"] == "missing":
+        message = f"'{param}' is required"
+    else:
+        message = f"'{param}' is invalid: {error['msg']}"
+    return ServiceError(400, "invalid_value", message, param=param)
+
+
 _MODELS = (ChatRequest, Message, ContentPart, ToolCallIn, FunctionCall, StreamOptions, ToolDef)
 _FIELD_NAMES = frozenset(name for model in (*_MODELS, FunctionDef) for name in model.model_fields)
 
@@ -210,16 +232,7 @@ def parse_chat_request(
     try:
         request = ChatRequest.model_validate(data)
     except ValidationError as exc:
-        error = exc.errors(include_url=False)[0]
-        # Pydantic puts union members ("str", "list[ContentPart]") in the location.
-        param = ".".join(
-            str(part) for part in error["loc"] if isinstance(part, int) or part in _FIELD_NAMES
-        )
-        if error["type"] == "missing":
-            message = f"'{param}' is required"
-        else:
-            message = f"'{param}' is invalid: {error['msg']}"
-        raise ServiceError(400, "invalid_value", message, param=param) from None
+        raise field_error(exc, _FIELD_NAMES) from None
     if max_message_chars is not None:
         for i, entry in enumerate(request.messages):
             size = len(_text(i, entry.content))

@@ -49,9 +49,10 @@ from urllib.parse import urlsplit
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .asgi import Receive, Scope, Send
+from .asgi import Disconnected, Receive, Scope, Send, read_body, respond
 from .config import Config, ConfigError, parse_config
 from .errors import ServiceError
+from .schema import field_error
 from .tools import ToolOutcome, ToolRegistry, load_tools
 
 __all__ = [
@@ -124,7 +125,6 @@ _BUILT_FIELDS = frozenset(
 _RUNPOD_URL = re.compile(r"^https://api\.runpod\.ai/v2/([A-Za-z0-9-]+)(?:/openai(?:/v1)?)?/?$")
 _ENDPOINT_ID = re.compile(r"^[A-Za-z0-9-]+$")
 _CREDENTIAL_PLACEHOLDER = "REPLACE-WITH-YOUR-WEBHOOK-CREDENTIAL-ID"
-_JSON = [(b"content-type", b"application/json")]
 
 
 # The assistant
@@ -414,18 +414,7 @@ def _calls(message: dict[str, Any]) -> list[_Call]:
     try:
         parsed = _ToolCalls.model_validate(message)
     except ValidationError as exc:
-        error = exc.errors(include_url=False)[0]
-        path = ".".join(
-            str(part) for part in error["loc"] if isinstance(part, int) or part in _FIELD_NAMES
-        )
-        param = f"message.{path}"
-        if error["type"] == "missing":
-            raise ServiceError(
-                400, "invalid_value", f"'{param}' is required", param=param
-            ) from None
-        raise ServiceError(
-            400, "invalid_value", f"'{param}' is invalid: {error['msg']}", param=param
-        ) from None
+        raise field_error(exc, _FIELD_NAMES, "message.") from None
     calls = []
     for i, item in enumerate(parsed.toolCallList):
         name = item.function.name if item.function is not None else item.name
@@ -506,10 +495,6 @@ def report_line(message: dict[str, Any], content: bool) -> dict[str, Any]:
     return record
 
 
-class _Disconnected(Exception):
-    """VAPI went away before its request was read."""
-
-
 class VapiWebhook:
     """The ``POST /vapi/webhook`` endpoint, as an ASGI callable.
 
@@ -560,16 +545,16 @@ class VapiWebhook:
                     "the VAPI webhook is disabled: the server has no VAPI_SECRET or "
                     "VAPI_HMAC_SECRET",
                 )
-            body = await self._read_body(scope, receive)
+            body = await read_body(scope, receive, self.config.max_body_bytes)
             self._auth.check(scope["headers"], body)
             answer = await self._handle(body)
-        except _Disconnected:
+        except Disconnected:
             return
         except ServiceError as exc:
             self._reject(exc)
-            await _respond(send, exc.status, orjson.dumps(exc.to_openai()))
+            await respond(send, exc.status, orjson.dumps(exc.to_openai()))
             return
-        await _respond(send, 200, answer)
+        await respond(send, 200, answer)
 
     def _reject(self, error: ServiceError) -> None:
         count = self.rejected.get(error.code, 0) + 1
@@ -577,26 +562,6 @@ class VapiWebhook:
         # The first of each kind is worth a look; the rest are only counted.
         level = logging.WARNING if count == 1 else logging.DEBUG
         log.log(level, "VAPI webhook answered %d %s: %s", error.status, error.code, error.message)
-
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        limit = self.config.max_body_bytes
-        too_large = ServiceError(413, "body_too_large", f"the request body is over {limit} bytes")
-        for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > limit:
-                raise too_large
-        chunks = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _Disconnected
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
 
     async def _handle(self, body: bytes) -> bytes:
         try:
@@ -657,11 +622,6 @@ def _result(call: _Call, outcome: ToolOutcome) -> dict[str, Any]:
     else:
         result["result"] = outcome.result
     return result
-
-
-async def _respond(send: Send, status: int, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": _JSON})
-    await send({"type": "http.response.body", "body": body})
 
 
 # python -m server vapi-assistant
