@@ -39,6 +39,7 @@ from .ws import WebSocketEndpoint
 __all__ = ["App"]
 
 
+_Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -60,16 +61,18 @@ class App:
         tools = load_tools(config.tools_module) if config.tools_module else None
         self.vapi = VapiWebhook(config, tools)
         self.metrics = Metrics(engine, lambda: self.vapi.counts)
-        self._routes: dict[str, tuple[str, Callable[[Scope, Receive, Send], Awaitable[None]]]] = {
-            "/health": ("GET", self._health),
-            "/ping": ("GET", self._ping),
-            WEBHOOK_PATH: ("POST", self._vapi_webhook),
-            "/metrics": ("GET", self._metrics),
+        # path -> (method, handler, whether the API key is required)
+        self._routes: dict[str, tuple[str, _Handler, bool]] = {
+            "/health": ("GET", self._health, False),
+            "/ping": ("GET", self._ping, False),
+            "/metrics": ("GET", self._metrics, True),
+            # VAPI's webhook checks its own secret rather than the API key.
+            WEBHOOK_PATH: ("POST", self.vapi, False),
         }
         for path in CHAT_PATHS:
-            self._routes[path] = ("POST", self._chat)
+            self._routes[path] = ("POST", self._chat, True)
         for path in MODELS_PATHS:
-            self._routes[path] = ("GET", self._models)
+            self._routes[path] = ("GET", self._models, True)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -101,10 +104,10 @@ class App:
         try:
             if route is None:
                 raise ServiceError(404, "not_found", f"no route for {path}")
-            method, handler = route
+            method, handler, keyed = route
             if scope["method"] != method and not (method == "GET" and scope["method"] == "HEAD"):
                 raise ServiceError(405, "method_not_allowed", f"{path} accepts {method} only")
-            if handler in (self._chat, self._models, self._metrics):
+            if keyed:
                 self._keys.check(scope["headers"])
             await handler(scope, receive, send)
         except ServiceError as exc:
@@ -118,9 +121,6 @@ class App:
         else:
             await send({"type": "http.response.start", "status": 204, "headers": []})
             await send({"type": "http.response.body", "body": b""})
-
-    async def _vapi_webhook(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.vapi(scope, receive, send)
 
     async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
         health = await self.engine.health()
