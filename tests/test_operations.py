@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -179,6 +180,46 @@ def test_token_gap_timeout_ends_the_stream_cleanly(fake: FakeOllama) -> None:
 
 
 # Ollama faults
+
+
+@contextmanager
+def never_accepting() -> Iterator[int]:
+    """A loopback port whose full accept queue leaves new connections hanging."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port: int = listener.getsockname()[1]
+        fillers = []
+        try:
+            for _ in range(4):
+                filler = socket.socket()
+                filler.setblocking(False)
+                fillers.append(filler)
+                with contextlib.suppress(BlockingIOError):
+                    filler.connect(("127.0.0.1", port))
+            yield port
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+def test_connecting_to_ollama_times_out_fast() -> None:
+    with never_accepting() as port:
+        server = start_server(
+            f"http://127.0.0.1:{port}", "--connect-timeout", "0.3", wait_warm=False
+        )
+        try:
+            with httpx.Client(timeout=10) as http:
+                started = time.monotonic()
+                health = http.get(f"{server.url}/health")
+                assert time.monotonic() - started < 2
+                assert health.status_code == 503
+                assert health.json()["ollama"]["reachable"] is False
+                response = http.post(f"{server.url}/v1/chat/completions", content=chat_body("Hi"))
+                assert response.status_code == 503
+                assert response.json()["error"]["code"] == "ollama_unreachable"
+        finally:
+            server.stop()
 
 
 def test_ollama_dies_mid_stream_then_comes_back() -> None:

@@ -377,6 +377,15 @@ def test_auth_refuses_missing_or_wrong_keys(
         assert http.get(f"{keyed_server.url}/health").status_code == 200
 
 
+def test_no_key_on_a_public_address_is_a_loud_warning(fake: FakeOllama) -> None:
+    public = start_server(fake.url, "--host", "0.0.0.0")
+    loopback = start_server(fake.url)
+    public.stop()
+    loopback.stop()
+    assert b"NO API KEY" in public.output()
+    assert b"NO API KEY" not in loopback.output()
+
+
 def test_openai_sdk_sees_a_wrong_key_as_authentication_error(keyed_server: Process) -> None:
     with pytest.raises(openai.AuthenticationError):
         client(keyed_server, "wrong").chat.completions.create(
