@@ -202,12 +202,12 @@ class App:
                     break
         except asyncio.CancelledError:
             # Shutdown's deadline passed (or the caller left): end the stream properly.
-            finish = sse(renderer.finish("stop"))
-            await send({"type": "http.response.body", "body": pending + finish + DONE})
+            await send(
+                {"type": "http.response.body", "body": pending + sse(renderer.end(None)) + DONE}
+            )
             raise
         if last is not None:
-            # A Failure (logged by the engine) ends the choice like a normal stop.
-            pending += sse(renderer.finish(last.reason if isinstance(last, Finish) else "stop"))
+            pending += sse(renderer.end(last))  # a Failure is logged by the engine
             if include_usage:
                 pending += sse(renderer.usage(last.usage))
         await send({"type": "http.response.body", "body": pending + DONE, "more_body": False})

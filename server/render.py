@@ -20,6 +20,7 @@ __all__ = [
     "DONE",
     "ChunkRenderer",
     "collect_completion",
+    "finish_reason",
     "models_list",
     "new_completion_id",
     "sse",
@@ -41,6 +42,12 @@ def usage_dict(usage: Usage) -> dict[str, int]:
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
     }
+
+
+def finish_reason(last: Finish | Failure | None) -> str:
+    """The choice's ``finish_reason``: a turn cut short (by a failure, or not ended at all)
+    reads as ``stop``, which every OpenAI client accepts."""
+    return last.reason if isinstance(last, Finish) else "stop"
 
 
 def models_list(model: str) -> dict[str, Any]:
@@ -125,6 +132,10 @@ class ChunkRenderer:
         """The chunk that ends the choice."""
         return self.chunk({}, reason)
 
+    def end(self, last: Finish | Failure | None) -> dict[str, Any]:
+        """The chunk that ends the choice after the turn's last event."""
+        return self.finish(finish_reason(last))
+
     def usage(self, usage: Usage) -> dict[str, Any]:
         """The closing usage chunk (``stream_options.include_usage``): no choices."""
         return {
@@ -142,9 +153,7 @@ class ChunkRenderer:
             return [self.text(event.text)]
         if isinstance(event, ToolCall):
             return [self.tool_call(event)]
-        if isinstance(event, Finish):
-            return [self.finish(event.reason)]
-        return [self.finish("stop")]
+        return [self.end(event)]
 
 
 async def collect_completion(
@@ -171,7 +180,7 @@ async def collect_completion(
         else:
             last = event
     usage = last.usage if isinstance(last, Finish | Failure) else Usage()
-    reason = last.reason if isinstance(last, Finish) else "stop"
+    reason = finish_reason(last if isinstance(last, Finish | Failure) else None)
     content = "".join(texts)
     # OpenAI sends null content beside tool calls, and a string otherwise.
     message: dict[str, Any] = {

@@ -34,11 +34,6 @@ class Histogram:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
 
-    @property
-    def count(self) -> int:
-        """How many values were observed."""
-        return sum(self.counts)
-
 
 @dataclass(slots=True)
 class Stats:
