@@ -3,7 +3,7 @@
 ``python -m loadtest.clients [--streams 50] [--rounds 3]`` starts the simulator and
 streams the same chats through three clients in this process, one after another:
 
-- ``upstream``: the server's own client (:mod:`server.upstream`), lines parsed with orjson;
+- ``upstream``: the server's own client (:mod:`server.core.upstream`), lines parsed with orjson;
 - ``aiohttp``: one ``aiohttp.ClientSession``, ``async for line in response.content``;
 - ``ollama``: ``ollama.AsyncClient.chat(stream=True)`` (httpx underneath).
 
@@ -31,7 +31,7 @@ import ollama
 import orjson
 import uvloop
 
-from server.upstream import ConnectionPool
+from server.core.upstream import ConnectionPool
 
 from .processes import start_simulator
 

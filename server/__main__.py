@@ -17,12 +17,12 @@ from types import FrameType
 
 import uvicorn
 
-from .app import App
 from .config import Config, ConfigError, parse_config
-from .engine import CONTROL_ERRORS, Engine
-from .logs import setup_logging
-from .protocol import http_protocol
-from .vapi import vapi_assistant
+from .core.engine import CONTROL_ERRORS, Engine
+from .doors.http import App
+from .doors.protocol import http_protocol
+from .doors.vapi import vapi_assistant
+from .ops.logs import setup_logging
 
 log = logging.getLogger("server")
 

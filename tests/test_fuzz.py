@@ -10,8 +10,8 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.errors import ServiceError
-from server.schema import ChatRequest, parse_chat_request
+from server.chat.request import ChatRequest, parse_chat_request
+from server.core.errors import ServiceError
 
 from .conftest import Process
 

@@ -1,6 +1,6 @@
 """The RunPod serverless handler: called directly, and run by the RunPod SDK's real job loop.
 
-Direct calls drive :meth:`handler.Worker.handle` (what :func:`handler.handler` serves
+Direct calls drive :meth:`serverless.Worker.handle` (what :func:`serverless.handler` serves
 with) against the simulator, each job in its own event loop as the SDK would run it.
 The SDK tests start ``python handler.py`` as a process, with its job loop pointed at
 :class:`tests.runpod_jobs.JobServer` and the simulator behind it.
@@ -26,8 +26,8 @@ from typing import Any
 import httpx
 import pytest
 
-import handler
 from server.config import Config
+from server.doors import serverless
 
 from .conftest import MODEL, ROOT, FakeOllama, Process, free_port, start_fake
 from .runpod_jobs import JobServer
@@ -50,16 +50,16 @@ def dead_url() -> str:
         return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
-def make_worker(ollama_url: str, **settings: Any) -> handler.Worker:
-    return handler.Worker(Config(ollama_url=ollama_url, model=MODEL, **settings))
+def make_worker(ollama_url: str, **settings: Any) -> serverless.Worker:
+    return serverless.Worker(Config(ollama_url=ollama_url, model=MODEL, **settings))
 
 
-async def collect(worker: handler.Worker, job_input: Any, job_id: str = "job-1") -> list[Any]:
+async def collect(worker: serverless.Worker, job_input: Any, job_id: str = "job-1") -> list[Any]:
     async with aclosing(worker.handle({"id": job_id, "input": job_input})) as items:
         return [item async for item in items]
 
 
-def run_job(worker: handler.Worker, job_input: Any) -> list[Any]:
+def run_job(worker: serverless.Worker, job_input: Any) -> list[Any]:
     """Run one job to its end in a fresh event loop, as a new SDK loop would."""
     return asyncio.run(collect(worker, job_input))
 
@@ -69,7 +69,7 @@ def openai_job(content: str, stream: bool = True, **fields: Any) -> dict[str, An
     return {"openai_route": "/v1/chat/completions", "openai_input": body}
 
 
-def answer(worker: handler.Worker, text: str) -> str:
+def answer(worker: serverless.Worker, text: str) -> str:
     """The whole answer to one user message, from the non-streaming route."""
     completion = run_job(worker, openai_job(text, stream=False))[0]
     reply: str = completion["choices"][0]["message"]["content"]
@@ -102,7 +102,7 @@ def post(server: Process, body: dict[str, Any]) -> httpx.Response:
 
 
 @pytest.fixture
-def worker(fake: FakeOllama) -> handler.Worker:
+def worker(fake: FakeOllama) -> serverless.Worker:
     return make_worker(fake.url, max_concurrency=4)
 
 
@@ -129,7 +129,9 @@ def wait_closed(fake: FakeOllama, marker: str) -> dict[str, Any]:
 # Direct calls: each input form
 
 
-def test_openai_route_streams_the_http_servers_sse(worker: handler.Worker, server: Process) -> None:
+def test_openai_route_streams_the_http_servers_sse(
+    worker: serverless.Worker, server: Process
+) -> None:
     body: dict[str, Any] = {"stream_options": {"include_usage": True}}
     items = run_job(worker, openai_job("Hi", **body))
     assert all(isinstance(item, str) and item.endswith("\n\n") for item in items)
@@ -156,7 +158,7 @@ def test_openai_route_streams_the_http_servers_sse(worker: handler.Worker, serve
 
 
 def test_openai_route_without_stream_is_one_completion(
-    worker: handler.Worker, server: Process
+    worker: serverless.Worker, server: Process
 ) -> None:
     items = run_job(worker, openai_job("Hi", stream=False))
     assert len(items) == 1
@@ -168,14 +170,14 @@ def test_openai_route_without_stream_is_one_completion(
 
 
 def test_models_route_is_the_http_servers_models_list(
-    worker: handler.Worker, server: Process
+    worker: serverless.Worker, server: Process
 ) -> None:
     with httpx.Client(timeout=10) as http:
         expected = http.get(f"{server.url}/v1/models").json()
     assert run_job(worker, {"openai_route": "/v1/models"}) == [expected]
 
 
-def test_chat_body_streams_chunk_objects(worker: handler.Worker, server: Process) -> None:
+def test_chat_body_streams_chunk_objects(worker: serverless.Worker, server: Process) -> None:
     job = {
         "messages": [{"role": "user", "content": "Hi"}],
         "stream_options": {"include_usage": True},
@@ -208,7 +210,7 @@ def test_plain_forms_are_one_user_message(fake: FakeOllama, field: str) -> None:
     assert sent["options"]["num_predict"] == 5
 
 
-def test_tool_calls(worker: handler.Worker) -> None:
+def test_tool_calls(worker: serverless.Worker) -> None:
     chunks = run_job(
         worker, {"messages": [{"role": "user", "content": "Book [[tool:chunk]]"}], "tools": TOOLS}
     )
@@ -232,19 +234,19 @@ def test_tool_calls(worker: handler.Worker) -> None:
 def test_module_handler_reads_its_configuration_from_the_environment(
     fake: FakeOllama, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert inspect.isasyncgenfunction(handler.handler)  # a sync generator would serialise jobs
+    assert inspect.isasyncgenfunction(serverless.handler)  # a sync generator would serialise jobs
     monkeypatch.setenv("OLLAMA_HOST", fake.url)
     monkeypatch.setenv("MODEL", MODEL)
     monkeypatch.setenv("MAX_CONCURRENCY", "3")
-    monkeypatch.setattr(handler, "_worker", None)
+    monkeypatch.setattr(serverless, "_worker", None)
 
     async def run() -> list[Any]:
         job = {"id": "job-env", "input": {"prompt": "Hi [[tokens:2]]"}}
-        async with aclosing(handler.handler(job)) as items:
+        async with aclosing(serverless.handler(job)) as items:
             return [item async for item in items]
 
     assert content(asyncio.run(run())) == "Sure,"
-    assert handler.current_worker().concurrency(1) == 3
+    assert serverless.current_worker().concurrency(1) == 3
 
 
 def test_event_loops_and_workers_come_and_go(fake: FakeOllama) -> None:
@@ -329,7 +331,7 @@ def test_first_token_alone_then_tokens_coalesced(fake: FakeOllama) -> None:
     ],
 )
 def test_bad_input_fails_the_job_and_the_worker_goes_on(
-    worker: handler.Worker, job_input: Any, message: str
+    worker: serverless.Worker, job_input: Any, message: str
 ) -> None:
     async def run() -> tuple[list[Any], list[Any]]:
         return await collect(worker, job_input), await collect(worker, {"prompt": "Hi"})
@@ -351,7 +353,7 @@ def test_bad_input_fails_the_job_and_the_worker_goes_on(
     ],
 )
 def test_failure_before_the_first_token_fails_the_job(
-    worker: handler.Worker, directive: str, message: str
+    worker: serverless.Worker, directive: str, message: str
 ) -> None:
     items = run_job(worker, openai_job(f"Hi {directive}"))
     assert len(items) == 1
@@ -371,7 +373,7 @@ def test_no_first_token_in_time_fails_the_job(fake: FakeOllama) -> None:
     assert items == [{"error": "no first token from Ollama in time"}]
 
 
-def test_failure_mid_stream_ends_the_answer_cleanly(worker: handler.Worker) -> None:
+def test_failure_mid_stream_ends_the_answer_cleanly(worker: serverless.Worker) -> None:
     items = run_job(worker, openai_job("Hi [[error-after:3]]"))
     chunks = sse_chunks("".join(items))
     assert content(chunks) == "Sure, here"
@@ -414,7 +416,9 @@ def test_a_loading_model_is_waited_for_up_to_the_queue_timeout() -> None:
         slow.stop()
 
 
-def test_cancelled_job_closes_its_ollama_request(worker: handler.Worker, fake: FakeOllama) -> None:
+def test_cancelled_job_closes_its_ollama_request(
+    worker: serverless.Worker, fake: FakeOllama
+) -> None:
     marker = f"cancel-{uuid.uuid4().hex[:8]}"
 
     async def run() -> tuple[dict[str, Any], float]:
@@ -444,7 +448,7 @@ def test_cancelled_job_closes_its_ollama_request(worker: handler.Worker, fake: F
 
 
 def test_job_cancelled_between_items_closes_its_ollama_request(
-    worker: handler.Worker, fake: FakeOllama
+    worker: serverless.Worker, fake: FakeOllama
 ) -> None:
     marker = f"between-{uuid.uuid4().hex[:8]}"
 
@@ -525,7 +529,7 @@ def jobs(fake: FakeOllama) -> Iterator[JobServer]:
 
 
 def test_sdk_streams_items_and_returns_them_aggregated(
-    jobs: JobServer, worker: handler.Worker
+    jobs: JobServer, worker: serverless.Worker
 ) -> None:
     job_id = jobs.submit(openai_job("Hi [[tokens:40]] [[itl:20]]"))
     result = jobs.result(job_id)
@@ -646,7 +650,7 @@ def test_bad_settings_stop_the_worker_with_one_line(env: dict[str, str], message
 
 def test_runpod_stays_out_of_the_servers_import_path() -> None:
     code = (
-        "import sys, server.__main__, server.app, handler; "
+        "import sys, server.__main__, server.doors.http, handler; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'runpod'))"
     )
     done = subprocess.run(

@@ -24,10 +24,10 @@ from typing import Any
 import httpx
 import pytest
 
-from server.asgi import Message
 from server.config import Config, ConfigError
+from server.doors.asgi import Message
+from server.doors.vapi import VapiWebhook
 from server.tools import ToolError, ToolRegistry, load_tools
-from server.vapi import VapiWebhook
 
 from .conftest import MODEL, ROOT, FakeOllama, Process, start_server
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from .errors import ServiceError
+from ..core.errors import ServiceError
 
 __all__ = ["JSON", "Disconnected", "Message", "Receive", "Scope", "Send", "read_body", "respond"]
 

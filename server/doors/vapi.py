@@ -49,11 +49,11 @@ from urllib.parse import urlsplit
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..chat.request import field_error
+from ..config import Config, ConfigError, parse_config
+from ..core.errors import ServiceError
+from ..tools import ToolOutcome, ToolRegistry, load_tools
 from .asgi import Disconnected, Receive, Scope, Send, read_body, respond
-from .config import Config, ConfigError, parse_config
-from .errors import ServiceError
-from .schema import field_error
-from .tools import ToolOutcome, ToolRegistry, load_tools
 
 __all__ = [
     "DEFAULT_SERVER_MESSAGES",

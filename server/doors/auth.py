@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Iterable
 
-from .errors import ServiceError
+from ..core.errors import ServiceError
 
 __all__ = ["KeyCheck"]
 

@@ -13,7 +13,7 @@ import asyncio
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .errors import ServiceError
+from ..core.errors import ServiceError
 
 __all__ = ["http_protocol"]
 

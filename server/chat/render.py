@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from .events import Event, Failure, Finish, TextDelta, ToolCall, Usage
+from ..core.events import Event, Failure, Finish, TextDelta, ToolCall, Usage
 
 __all__ = [
     "DONE",

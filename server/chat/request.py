@@ -13,8 +13,8 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import ServiceError
-from .events import Turn
+from ..core.errors import ServiceError
+from ..core.events import Turn
 
 __all__ = [
     "CHAT_PATHS",

@@ -30,14 +30,14 @@ from urllib.parse import parse_qs
 
 import orjson
 
+from ..chat.render import usage_dict
+from ..chat.request import parse_chat_request
+from ..config import Config
+from ..core.engine import Engine
+from ..core.errors import ServiceError
+from ..core.events import Failure, Finish, TextDelta, ToolCall, Turn, Usage
 from .asgi import Receive, Scope, Send
 from .auth import KeyCheck
-from .config import Config
-from .engine import Engine
-from .errors import ServiceError
-from .events import Failure, Finish, TextDelta, ToolCall, Turn, Usage
-from .render import usage_dict
-from .schema import parse_chat_request
 
 __all__ = ["WebSocketEndpoint"]
 

@@ -24,7 +24,7 @@ import httpx
 import ollama
 import orjson
 
-from .config import Config
+from ..config import Config
 from .errors import ServiceError
 from .events import Event, Failure, Finish, TextDelta, ToolCall, Turn, Usage
 from .stats import Stats

@@ -23,16 +23,23 @@ from typing import Any
 
 import orjson
 
+from ..chat.render import (
+    DONE,
+    ChunkRenderer,
+    collect_completion,
+    models_list,
+    new_completion_id,
+    sse,
+)
+from ..chat.request import CHAT_PATHS, MODELS_PATHS, parse_chat_request
+from ..config import Config
+from ..core.engine import Engine
+from ..core.errors import ServiceError
+from ..core.events import Event, Failure, Finish, TextDelta, ToolCall
+from ..ops.metrics import CONTENT_TYPE, Metrics
+from ..tools import load_tools
 from .asgi import JSON, Disconnected, Receive, Scope, Send, read_body, respond
 from .auth import KeyCheck
-from .config import Config
-from .engine import Engine
-from .errors import ServiceError
-from .events import Event, Failure, Finish, TextDelta, ToolCall
-from .metrics import CONTENT_TYPE, Metrics
-from .render import DONE, ChunkRenderer, collect_completion, models_list, new_completion_id, sse
-from .schema import CHAT_PATHS, MODELS_PATHS, parse_chat_request
-from .tools import load_tools
 from .vapi import WEBHOOK_PATH, VapiWebhook
 from .ws import WebSocketEndpoint
 

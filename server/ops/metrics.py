@@ -18,8 +18,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from .engine import Engine
-from .stats import Histogram
+from ..core.engine import Engine
+from ..core.stats import Histogram
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
