@@ -359,6 +359,20 @@ def test_one_json_log_line_per_turn_without_content(fake: FakeOllama) -> None:
     assert b"+15551234567" not in server.output()
 
 
+def test_a_tool_call_turns_log_counts_ollamas_tokens(fake: FakeOllama) -> None:
+    server = start_server(fake.url)
+    tool = {"type": "function", "function": {"name": "book", "parameters": {"type": "object"}}}
+    body = {"messages": [{"role": "user", "content": "Book it"}], "tools": [tool], "stream": True}
+    try:
+        with httpx.Client(timeout=10) as http:
+            reply = http.post(f"{server.url}/v1/chat/completions", json=body).text
+    finally:
+        server.stop()
+    assert '"finish_reason":"tool_calls"' in reply
+    (record,) = turn_records(server.output())
+    assert record["tokens"] > 0  # a tool call streams no text, but Ollama counted its tokens
+
+
 def test_log_content_flag_adds_the_messages(fake: FakeOllama) -> None:
     server = start_server(fake.url, "--log-content")
     try:

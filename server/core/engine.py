@@ -212,6 +212,8 @@ class Engine:
         body["options"] = {**self._load_options, **turn.options}
         if turn.tools:
             body["tools"] = turn.tools
+        if turn.format is not None:
+            body["format"] = turn.format
         return orjson.dumps(body)
 
     async def stream(self, turn: Turn) -> AsyncGenerator[Event, None]:
@@ -233,6 +235,8 @@ class Engine:
         usage: Usage | None = None
         admitted = finished = False
         conn: Connection | None = None
+        for kind in turn.normalised:
+            stats.normalised[kind] = stats.normalised.get(kind, 0) + 1
         try:
             if not self.warm:
                 raise self._not_ready()
@@ -377,11 +381,14 @@ class Engine:
             "model": self.config.model,
             "outcome": outcome,
             "ttft_ms": None if first is None else round((first - started) * 1000, 1),
-            "tokens": streamed,
+            # Ollama's count when it sent one: a tool call is tokens, but no text delta.
+            "tokens": streamed if usage is None else usage.completion_tokens,
             "duration_ms": round((ended - started) * 1000, 1),
         }
         if usage is not None:
             record["prompt_tokens"] = usage.prompt_tokens
+        if turn.normalised:
+            record["normalised"] = turn.normalised
         if problem is not None:
             record["error"] = problem
         if self.config.log_content:

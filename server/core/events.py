@@ -29,15 +29,24 @@ class Turn:
 
     ``messages`` and ``tools`` are sent to Ollama as they are; ``options`` holds the
     sampling options of this turn (``num_predict``, ``temperature``...), to which the
-    core adds its fixed load-time options. ``call_id`` (VAPI's ``call.id``) and
-    ``turn_id`` only label the turn's log line.
+    core adds its fixed load-time options; ``format`` is Ollama's structured-output
+    ``format`` (``"json"`` or a JSON schema), if the request asked for one.
+
+    ``call_id`` (VAPI's ``call.id``) and ``turn_id`` label the turn's log line.
+    ``call_key`` names the conversation the turn belongs to (a call id, a socket, a
+    client's ``prompt_cache_key`` or ``user``), so its turns can be kept where its
+    prompt is cached. ``normalised`` lists the kinds of liberties taken with the request
+    (``object_arguments``, ``dropped_tools``...): counted and logged, never the content.
     """
 
     messages: list[dict[str, Any]]
     tools: list[dict[str, Any]] | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    format: str | dict[str, Any] | None = None
     call_id: str | None = None
     turn_id: str | None = None
+    call_key: str | None = None
+    normalised: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,7 @@ class Stats:
     """Running totals of one engine."""
 
     outcomes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
+    normalised: dict[str, int] = field(default_factory=dict)  # by kind; the kinds are bounded
     in_flight: int = 0
     waiting: int = 0
     ttft: Histogram = field(default_factory=lambda: Histogram(_TTFT_BOUNDS))

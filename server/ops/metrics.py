@@ -49,6 +49,14 @@ class _EngineCollector(Collector):
         for outcome, count in stats.outcomes.items():
             turns.add_metric([outcome], count)
         yield turns
+        normalised = CounterMetricFamily(
+            "voice_llm_requests_normalised",
+            "Turns whose request was accepted after normalising it, by what was normalised.",
+            labels=["kind"],
+        )
+        for kind, count in stats.normalised.items():
+            normalised.add_metric([kind], count)
+        yield normalised
         yield GaugeMetricFamily(
             "voice_llm_streams_in_flight", "Turns streaming from Ollama now.", value=stats.in_flight
         )
