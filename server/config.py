@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["Config", "ConfigError", "parse_config"]
+__all__ = ["ROUTING_POLICIES", "Config", "ConfigError", "parse_config"]
 
 
 class ConfigError(ValueError):
@@ -33,13 +33,14 @@ class Config:
     port: int = 8000
     health_port: int | None = None
     ollama_url: str = "http://127.0.0.1:11434"
+    more_ollama_urls: tuple[str, ...] = ()
     model: str = "llama3.1:8b"
     api_key: str | None = None
     keep_alive: str | int = -1
     num_ctx: int | None = None
     system_prompt: str | None = None
     max_concurrency: int = 1
-    queue_timeout: float = 5.0
+    queue_timeout: float = 10.0
     connect_timeout: float = 3.0
     first_token_timeout: float = 15.0
     token_timeout: float = 10.0
@@ -61,6 +62,17 @@ class Config:
     vapi_hmac_max_skew: float = 300.0
     assistant_file: str | None = None
     tools_module: str | None = None
+    routing: str = "pinned"
+    hedge_after: float | None = None
+    prefill_rate: float = 5000.0
+    fallback_message: str | None = None
+    hold_message: str | None = None
+    hold_after: float = 2.0
+
+    @property
+    def ollama_urls(self) -> tuple[str, ...]:
+        """Every Ollama the server streams from: ``ollama_url`` first, then the others."""
+        return (self.ollama_url, *self.more_ollama_urls)
 
     @property
     def load_options(self) -> dict[str, int]:
@@ -124,7 +136,7 @@ _SETTINGS: list[tuple[str, str, type, str]] = [
     ("host", "HOST", str, "address to listen on"),
     ("port", "PORT", int, "port for HTTP and websockets"),
     ("health_port", "PORT_HEALTH", int, "also answer /ping and /health on this port"),
-    ("ollama_url", "OLLAMA_HOST", str, "Ollama base URL"),
+    ("ollama_url", "OLLAMA_HOST", str, "Ollama base URL; repeat the flag for several"),
     ("model", "MODEL", str, "the one model served, whatever a request names"),
     ("api_key", "API_KEY", str, "key clients must send"),
     ("keep_alive", "KEEP_ALIVE", str, "how long Ollama keeps the model loaded"),
@@ -156,7 +168,20 @@ _SETTINGS: list[tuple[str, str, type, str]] = [
     ("vapi_hmac_max_skew", "VAPI_HMAC_MAX_SKEW", float, "seconds a signed webhook may be off"),
     ("assistant_file", "ASSISTANT_FILE", str, "JSON file: first message, voice, transcriber"),
     ("tools_module", "TOOLS_MODULE", str, "module whose 'tools' registry serves VAPI tool calls"),
+    ("routing", "ROUTING", str, "how a turn picks its Ollama: pinned, least-loaded or round-robin"),
+    (
+        "hedge_after",
+        "HEDGE_AFTER",
+        float,
+        "milliseconds without a first token before a turn also starts on a second Ollama",
+    ),
+    ("prefill_rate", "PREFILL_RATE", float, "prompt tokens per second an Ollama evaluates"),
+    ("fallback_message", "FALLBACK_MESSAGE", str, "sentence spoken when a turn cannot start"),
+    ("hold_message", "HOLD_MESSAGE", str, "sentence spoken while a slow first token is awaited"),
+    ("hold_after", "HOLD_AFTER", float, "seconds without a first token before the hold message"),
 ]
+
+ROUTING_POLICIES = ("pinned", "least-loaded", "round-robin")
 
 _POSITIVE = {
     "max_concurrency",
@@ -171,6 +196,9 @@ _POSITIVE = {
     "max_connections",
     "num_ctx",
     "vapi_hmac_max_skew",
+    "hedge_after",
+    "prefill_rate",
+    "hold_after",
 }
 
 
@@ -182,10 +210,13 @@ def _build_parser(defaults: Config) -> argparse.ArgumentParser:
     for name, env_name, kind, text in _SETTINGS:
         default = getattr(defaults, name)
         shown = "forever" if name == "keep_alive" else "none" if default is None else default
+        if name == "ollama_url":
+            env_name = "OLLAMA_HOSTS (comma-separated) or OLLAMA_HOST"
         parser.add_argument(
             f"--{name.replace('_', '-')}",
             type=kind,
             dest=name,
+            action="append" if name == "ollama_url" else "store",
             help=f"{text} ({env_name}, default {shown})",
         )
     parser.add_argument(
@@ -206,8 +237,16 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
     defaults = Config()
     args = _build_parser(defaults).parse_args(argv)
     values: dict[str, Any] = {}
+    urls: list[str] = args.ollama_url or [
+        url.strip() for url in env.get("OLLAMA_HOSTS", "").split(",") if url.strip()
+    ]
+    if urls:
+        values["ollama_url"], *more = urls
+        values["more_ollama_urls"] = tuple(more)
     for name, env_name, kind, _ in _SETTINGS:
-        value = getattr(args, name)
+        value = getattr(args, name) if name != "ollama_url" else None
+        if name in values:
+            continue
         if value is None and env.get(env_name):
             try:
                 value = kind(env[env_name])
@@ -223,9 +262,14 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
     log_content = args.log_content or env.get("LOG_CONTENT", "").lower() in ("1", "true", "yes")
     config = Config(**values, log_content=log_content)
     _validate(config)
+    urls = [_ollama_url(url) for url in config.ollama_urls]
+    repeated = sorted({url for url in urls if urls.count(url) > 1})
+    if repeated:
+        raise ConfigError(f"Ollama URL {repeated[0]} is given more than once")
     return replace(
         config,
-        ollama_url=_ollama_url(config.ollama_url),
+        ollama_url=urls[0],
+        more_ollama_urls=tuple(urls[1:]),
         keep_alive=parse_keep_alive(str(config.keep_alive)),
         log_level=config.log_level.lower(),
     )
@@ -250,5 +294,11 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"model name {config.model!r} is empty or contains spaces")
     if config.max_body_bytes < 1024:
         raise ConfigError(f"max-body-bytes {config.max_body_bytes} is below 1024")
+    if config.routing not in ROUTING_POLICIES:
+        raise ConfigError(f"routing {config.routing!r} is not one of {', '.join(ROUTING_POLICIES)}")
+    for name in ("fallback_message", "hold_message"):
+        text = getattr(config, name)
+        if text is not None and not text.strip():
+            raise ConfigError(f"{name.replace('_', '-')} is empty")
     if config.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log level {config.log_level!r} is not debug, info, warning or error")

@@ -252,6 +252,47 @@ def test_ollama_dies_mid_stream_then_comes_back() -> None:
         fake.stop()
 
 
+def test_warmth_follows_reachability() -> None:
+    fake = start_fake("--load-ms", "20")
+    server = start_server(fake.url, "--warm-check-interval", "60")  # no poll in between
+    try:
+        fake.stop()
+        with httpx.Client(timeout=10) as http:
+            health = http.get(f"{server.url}/health").json()
+        assert health["ollama"]["reachable"] is False
+        assert health["model"]["warm"] is False
+        assert ping(server) == 204
+    finally:
+        server.stop()
+
+
+def test_a_model_missing_from_ollama_says_how_to_fix_it() -> None:
+    fake = start_fake("--model", "qwen2.5:7b", "--load-ms", "20")
+    server = start_server(fake.url, wait_warm=False)
+    fix = f"model 'llama3.1:8b' is not in Ollama at {fake.url}: run ollama pull llama3.1:8b"
+    try:
+        with httpx.Client(timeout=10) as http:
+            wait_for(
+                lambda: http.get(f"{server.url}/health").json()["backends"][0]["model_missing"]
+            )
+            health = http.get(f"{server.url}/health")
+            assert health.status_code == 503
+            assert health.json()["ollama"]["reachable"] is True
+            response = http.post(f"{server.url}/v1/chat/completions", content=chat_body("Hi"))
+        assert response.status_code == 503
+        assert response.json()["error"] == {
+            "message": fix,
+            "type": "service_unavailable",
+            "param": None,
+            "code": "model_missing",
+        }
+        wait_for(lambda: len([r for r in fake.requests() if r["path"] == "/api/chat"]) >= 3)
+        assert server.output().decode().count(fix) == 2  # logged once, and the turn's line
+    finally:
+        server.stop()
+        fake.stop()
+
+
 def test_an_evicted_model_is_warmed_again() -> None:
     fake = start_fake("--load-ms", "20")
     server = start_server(fake.url, "--warm-check-interval", "0.2")

@@ -1,34 +1,42 @@
 """The streaming core: a :class:`Turn` goes in, typed events come out of a warm Ollama.
 
-The engine owns everything about Ollama: the connections, the warm model and its
-fixed load-time options, timeouts, and the mapping of Ollama's NDJSON chunks to
-events. It knows nothing of HTTP servers, websockets or RunPod.
+The engine owns everything about Ollama: the backends (one or several Ollamas, each a
+:class:`~server.core.backend.Backend`), the choice between them
+(:class:`~server.core.router.Router`), timeouts, and the mapping of Ollama's NDJSON
+chunks to events. It knows nothing of HTTP servers, websockets or RunPod.
 
 One turn is one ``POST /api/chat`` on its own connection. Closing the event stream
 (``aclose()``, or cancelling the task that reads it) closes that connection at once,
 which is what makes Ollama stop generating.
+
+Before its first event a turn may fail over: a backend that is unreachable, not
+warm, refusing (5xx), or sends no first token in time, and the turn is retried once
+on another ready backend, unseen by the caller. With ``hedge_after``, a turn with no
+first token by then also starts on a second backend, and the first to answer wins.
+With ``hold_message``, a turn whose first token is slow gets that sentence first; with
+``fallback_message``, a turn that cannot start at all is answered with that sentence
+instead of an error.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from time import time as wall_time
 from typing import Any
-from urllib.parse import urlsplit
 
-import httpx
-import ollama
 import orjson
 
 from ..config import Config
+from .backend import CONTROL_ERRORS, Backend, error_text
 from .errors import ServiceError
-from .events import Event, Failure, Finish, TextDelta, ToolCall, Turn, Usage
+from .events import Event, Failure, Finish, FinishReason, TextDelta, ToolCall, Turn, Usage
+from .router import CallKey, Router
 from .stats import Stats
-from .upstream import Connection, ConnectionPool, UpstreamClosed, UpstreamTimeout
+from .upstream import Connection, UpstreamClosed, UpstreamTimeout
 
 __all__ = ["CONTROL_ERRORS", "Engine"]
 
@@ -37,14 +45,18 @@ log = logging.getLogger("server.engine")
 turn_log = logging.getLogger("server.turn")
 
 _RETRY_AFTER = 2
-
-# What a control-plane call to Ollama (preload, /api/ps) raises when Ollama is not ready.
-CONTROL_ERRORS = (OSError, TimeoutError, httpx.HTTPError, ollama.ResponseError, ConnectionError)
-
-
-def _model_tag(name: str) -> str:
-    """Ollama's full name for a model: ``llama3.1`` is ``llama3.1:latest``."""
-    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+# Failures before the first token that another backend may not share.
+_RETRYABLE = frozenset(
+    {
+        "ollama_unreachable",
+        "model_not_warm",
+        "model_missing",
+        "ollama_stuck",
+        "ollama_busy",
+        "upstream_error",
+        "upstream_timeout",
+    }
+)
 
 
 def _usage(chunk: dict[str, Any]) -> Usage:
@@ -58,29 +70,93 @@ def _usage(chunk: dict[str, Any]) -> Usage:
     )
 
 
-def _error_text(body: bytes) -> str:
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return body.decode(errors="replace").strip()[:200] or "no details"
-    error = data.get("error") if isinstance(data, dict) else None
-    return error if isinstance(error, str) else "no details"
+class _Decoder:
+    """Turns the NDJSON lines of one response into events.
+
+    Thinking (``message.thinking``) is never spoken: it is only counted. Tool calls
+    get ids of the server's own and consecutive indexes.
+    """
+
+    __slots__ = ("calls", "thinking", "usage")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.thinking = 0
+        self.usage: Usage | None = None
+
+    def feed(self, line: bytes) -> tuple[Event, ...]:
+        """The events of one line (often one :class:`TextDelta`, often none).
+
+        Raises :class:`UpstreamClosed` for an error line, and ``orjson.JSONDecodeError``
+        for a line that is not JSON.
+        """
+        chunk = orjson.loads(line)
+        message = chunk.get("message")
+        events: tuple[Event, ...] = ()
+        if message is not None:
+            content = message.get("content")
+            if content:
+                events = (TextDelta(content),)
+            if message.get("thinking"):
+                self.thinking += 1
+            tool_calls = message.get("tool_calls")
+            if tool_calls:
+                events += tuple(self._tool_call(call) for call in tool_calls)
+        if chunk.get("done"):
+            usage = self.usage = _usage(chunk)
+            reason = chunk.get("done_reason")
+            finish: FinishReason = (
+                "tool_calls" if self.calls else "length" if reason == "length" else "stop"
+            )
+            return (*events, Finish(finish, usage))
+        error = chunk.get("error")
+        if error is not None:
+            raise UpstreamClosed(f"Ollama failed mid-stream: {error}")
+        return events
+
+    def _tool_call(self, call: dict[str, Any]) -> ToolCall:
+        function = call.get("function") or {}
+        arguments = function.get("arguments")
+        if not isinstance(arguments, str):
+            arguments = orjson.dumps(arguments if arguments is not None else {}).decode()
+        index = self.calls
+        self.calls += 1
+        return ToolCall(
+            index=index,
+            id=f"call_{uuid.uuid4().hex[:24]}",
+            name=str(function.get("name", "")),
+            arguments=arguments,
+        )
+
+
+@dataclass(slots=True)
+class _Started:
+    """A turn that has its first events from one backend, and the connection for the rest."""
+
+    backend: Backend
+    conn: Connection
+    decoder: _Decoder
+    events: tuple[Event, ...]
+    admitted_at: float
+    first_at: float
+
+    def close(self, now: float) -> None:
+        """Release the connection (closed unless read to its end) and the slot."""
+        self.backend.pool.release(self.conn)
+        self.backend.release(now - self.admitted_at)
 
 
 class Engine:
-    """Streams chat turns from one warm Ollama model.
+    """Streams chat turns from the configured Ollama backends.
 
-    Call :meth:`start` once inside the event loop; it preloads the model in the
-    background and keeps it warm. :meth:`stream` serves turns.
+    Call :meth:`start` once inside the event loop; it preloads the model on every
+    backend in the background and keeps it warm. :meth:`stream` serves turns.
     """
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        url = urlsplit(config.ollama_url)
-        self._pool = ConnectionPool(
-            url.hostname or "127.0.0.1", url.port or 11434, config.connect_timeout
-        )
-        self._control = ollama.AsyncClient(host=config.ollama_url, timeout=600.0)
+        self.backends = tuple(Backend(config, url) for url in config.ollama_urls)
+        self.router = Router(self.backends, config.routing, config.prefill_rate)
         self._head = {
             "model": config.model,
             "stream": True,
@@ -88,128 +164,88 @@ class Engine:
             "keep_alive": config.keep_alive,
         }
         self._load_options = config.load_options
-        self._warm = asyncio.Event()
-        self.reachable = False
-        self.ollama_version: str | None = None
         self.stats = Stats()
-        self._slots = asyncio.Semaphore(config.max_concurrency)
-        self._warm_task: asyncio.Task[None] | None = None
-        self._recheck = asyncio.Event()
+        self._warned_thinking = False
 
     # Lifecycle
 
+    def prime(self, turns: list[Turn]) -> None:
+        """Prime every slot of every backend with these turns' prompts after each load.
+
+        Each is sent with ``num_predict: 1``: Ollama drops a ``num_predict`` of 0
+        (its ``n_predict`` is ``omitempty``), which would then generate without bound.
+        Call before :meth:`start`.
+        """
+        bodies = [self.request_body(turn, num_predict=1) for turn in turns]
+        for backend in self.backends:
+            backend.prime_with(bodies)
+
     async def start(self) -> None:
-        """Start warming the model in the background (returns at once)."""
-        if self._warm_task is None:
-            self._warm_task = asyncio.create_task(self._keep_warm(), name="keep-warm")
+        """Start warming the model on every backend (returns at once)."""
+        for backend in self.backends:
+            await backend.start()
+
+    async def close(self) -> None:
+        """Stop warming and close every idle connection."""
+        for backend in self.backends:
+            await backend.close()
 
     @property
     def warm(self) -> bool:
-        """Whether the model is loaded in Ollama and turns can be served."""
-        return self._warm.is_set()
+        """Whether the model is loaded in at least one Ollama."""
+        return any(backend.warm for backend in self.backends)
+
+    @property
+    def ready(self) -> bool:
+        """Whether at least one backend takes turns (warm, not stuck)."""
+        return any(backend.ready for backend in self.backends)
+
+    @property
+    def reachable(self) -> bool:
+        """Whether at least one Ollama answers."""
+        return any(backend.reachable for backend in self.backends)
+
+    @property
+    def stuck(self) -> list[str]:
+        """Why each stuck backend is stuck."""
+        return [backend.stuck for backend in self.backends if backend.stuck is not None]
 
     async def wait_warm(self) -> None:
-        """Return once the model is warm (bound the wait with ``asyncio.timeout``)."""
-        await self._warm.wait()
-
-    def _set_warm(self, warm: bool) -> None:
-        if warm:
-            self._warm.set()
-        else:
-            self._warm.clear()
-
-    async def close(self) -> None:
-        """Stop the warm-keeping task and close every idle connection."""
-        if self._warm_task is not None:
-            self._warm_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._warm_task
-            self._warm_task = None
-        self._pool.close()
-        await self._control.close()  # type: ignore[no-untyped-call]
+        """Return once some backend is warm (bound the wait with ``asyncio.timeout``)."""
+        waits = [asyncio.ensure_future(backend.wait_warm()) for backend in self.backends]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     async def preload(self) -> None:
-        """Load the model with exactly the options every turn sends, so no turn reloads it."""
-        await self._control.chat(
-            model=self.config.model,
-            messages=[],
-            think=False,
-            keep_alive=self.config.keep_alive,
-            options=self._load_options or None,
-        )
-
-    async def _keep_warm(self) -> None:
-        loaded = failing = False
-        while True:
-            try:
-                status, version = await self._pool.get_json(
-                    "/api/version", self.config.connect_timeout
-                )
-                self.reachable = True
-                if status == 200 and isinstance(version, dict):
-                    self.ollama_version = str(version.get("version"))
-                if loaded:
-                    ps = await self._control.ps()
-                    loaded = any(
-                        _model_tag(m.model or "") == _model_tag(self.config.model)
-                        for m in ps.models
-                    )
-                    if not loaded:
-                        log.warning(
-                            "model %s is no longer loaded in Ollama; reloading", self.config.model
-                        )
-                if not loaded:
-                    self._set_warm(False)
-                    started = asyncio.get_running_loop().time()
-                    await self.preload()
-                    loaded = True
-                    log.info(
-                        "model %s is warm (loaded in %.1f s)",
-                        self.config.model,
-                        asyncio.get_running_loop().time() - started,
-                    )
-                self._set_warm(True)
-                failing = False
-            except CONTROL_ERRORS as exc:
-                if not failing:  # once per outage, not at every retry
-                    log.warning(
-                        "Ollama at %s is not ready: %s",
-                        self.config.ollama_url,
-                        exc or type(exc).__name__,
-                    )
-                self.reachable = loaded = False
-                failing = True
-                self._set_warm(False)
-            self._recheck.clear()
-            delay = (
-                self.config.warm_check_interval if self.warm else self.config.warm_retry_interval
-            )
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._recheck.wait()
+        """Load the model on every backend with the options every turn sends."""
+        await asyncio.gather(*(backend.preload() for backend in self.backends))
 
     # Serving
 
     def _not_ready(self) -> ServiceError:
-        if not self.reachable:
-            return ServiceError(
-                503,
-                "ollama_unreachable",
-                f"Ollama is not reachable at {self.config.ollama_url}",
-                retry_after=_RETRY_AFTER,
-            )
+        backends = self.backends
+        if len(backends) == 1:
+            return backends[0].not_ready()
+        errors = [backend.not_ready() for backend in backends]
+        first = errors[0]
         return ServiceError(
             503,
-            "model_not_warm",
-            f"model {self.config.model} is still loading",
+            first.code if all(e.code == first.code for e in errors) else "no_backend_ready",
+            "no Ollama is ready: "
+            + "; ".join(f"{b.url}: {e.message}" for b, e in zip(backends, errors, strict=True)),
             retry_after=_RETRY_AFTER,
         )
 
-    def request_body(self, turn: Turn) -> bytes:
+    def request_body(self, turn: Turn, num_predict: int | None = None) -> bytes:
         """The ``/api/chat`` body for a turn: configured model, fixed options, no thinking."""
         body: dict[str, Any] = dict(self._head)
         body["messages"] = turn.messages
         body["options"] = {**self._load_options, **turn.options}
+        if num_predict is not None:
+            body["options"]["num_predict"] = num_predict
         if turn.tools:
             body["tools"] = turn.tools
         if turn.format is not None:
@@ -219,148 +255,242 @@ class Engine:
     async def stream(self, turn: Turn) -> AsyncGenerator[Event, None]:
         """Stream one turn as events, ending with exactly one :class:`Finish` or :class:`Failure`.
 
-        Before the first event, problems raise :class:`ServiceError` (Ollama unreachable,
-        model not warm, or every slot busy past the queue timeout: 503; Ollama refused
-        the request: its 4xx, or 502; no first token in time: 504). After it, they end
-        the stream with a :class:`Failure`. Every turn is counted and logged once.
+        Before the first event, problems raise :class:`ServiceError` (no backend ready,
+        or every slot busy past the queue timeout: 503; Ollama refused the request: its
+        4xx, or 502; no first token in time: 504), unless a fallback message is
+        configured: then the turn is that message and a :class:`Finish` marked
+        ``fallback``. After it, they end the stream with a :class:`Failure`. Every
+        turn is counted and logged once.
         """
         loop = asyncio.get_running_loop()
         time = loop.time
         stats = self.stats
+        config = self.config
         started = time()
         outcome = "ok"
         problem: str | None = None
         first: float | None = None
         streamed = 0
+        held = finished = False
         usage: Usage | None = None
-        admitted = finished = False
-        conn: Connection | None = None
+        begun: _Started | None = None
+        call = self.router.key(turn)
         for kind in turn.normalised:
             stats.normalised[kind] = stats.normalised.get(kind, 0) + 1
         try:
-            if not self.warm:
-                raise self._not_ready()
-            await self._admit()
-            admitted = True
-            stats.in_flight += 1
-            conn = await self._open(turn)
-            calls = 0
-            loads = orjson.loads
-            itl = stats.itl.observe
-            last = 0.0
             try:
-                while (line := await conn.readline()) is not None:
-                    if conn.status != 200:
-                        rest = await conn.read_body()
-                        raise self._status_error(conn.status, _error_text(line + rest))
-                    chunk = loads(line)
-                    message = chunk.get("message")
-                    if message is not None:
-                        content = message.get("content")
-                        if content:
-                            now = time()
-                            if streamed:
-                                itl(now - last)
-                            else:
-                                first = now
-                            last = now
-                            streamed += 1
-                            yield TextDelta(content)
-                        tool_calls = message.get("tool_calls")
-                        if tool_calls:
-                            if first is None:
-                                first = time()
-                            for call in tool_calls:
-                                yield self._tool_call(calls, call)
-                                calls += 1
-                    if chunk.get("done"):
-                        usage = _usage(chunk)
-                        reason = chunk.get("done_reason")
+                if config.hold_message is None:
+                    begun = await self._begin(turn, call, started)
+                else:
+                    task = loop.create_task(self._begin(turn, call, started))
+                    try:
+                        await asyncio.wait({task}, timeout=config.hold_after)
+                        if not task.done():
+                            held = True
+                            stats.holds += 1
+                            yield TextDelta(_spaced(config.hold_message))
+                        begun = await task
+                    finally:
+                        await _settle(task, begun)
+            except ServiceError as exc:
+                if config.fallback_message is None:
+                    if held:  # the stream began with the hold message: it ends as a failure
+                        outcome, problem = _outcome(exc), exc.message
                         finished = True
-                        yield Finish(
-                            "tool_calls" if calls else "length" if reason == "length" else "stop",
-                            usage,
-                        )
+                        yield Failure(outcome, problem, Usage())
                         return
-                    error = chunk.get("error")
-                    if error is not None:
-                        raise UpstreamClosed(f"Ollama failed mid-stream: {error}")
-                raise UpstreamClosed("Ollama ended the response without a done line")
+                    raise
+                outcome, problem = "fallback", f"{exc.code}: {exc.message}"
+                finished = True
+                yield TextDelta(config.fallback_message)
+                yield Finish("stop", Usage(), fallback=True)
+                return
+            backend = begun.backend
+            first = begun.first_at
+            backend.first_token()
+            self.router.pin(call, backend)
+            itl = stats.itl.observe
+            last = first
+            try:
+                events = begun.events
+                decode = begun.decoder.feed
+                conn = begun.conn
+                while True:
+                    for event in events:
+                        if type(event) is TextDelta:
+                            if streamed:
+                                now = time()
+                                itl(now - last)
+                                last = now
+                            streamed += 1
+                        elif type(event) is Finish:
+                            usage = event.usage
+                            finished = True
+                            self.router.pin(
+                                call, backend, usage.prompt_tokens + usage.completion_tokens
+                            )
+                        yield event
+                    if finished:
+                        return
+                    line = await conn.readline()
+                    if line is None:
+                        raise UpstreamClosed("Ollama ended the response without a done line")
+                    events = decode(line)
             except UpstreamTimeout as exc:
-                if first is None:
-                    raise ServiceError(504, "upstream_timeout", str(exc)) from None
                 outcome, problem = "timeout", str(exc)
             except (UpstreamClosed, orjson.JSONDecodeError) as exc:
                 if isinstance(exc, orjson.JSONDecodeError):
                     exc = UpstreamClosed(f"Ollama sent a line that is not JSON: {exc}")
-                self._recheck.set()
-                if first is None:
-                    raise ServiceError(502, "upstream_error", str(exc)) from None
+                backend.recheck()
                 outcome, problem = "upstream_error", str(exc)
             finished = True
             yield Failure(outcome, problem, Usage(completion_tokens=streamed))
         except ServiceError as exc:
-            outcome = (
-                "timeout"
-                if exc.status == 504
-                else "upstream_error"
-                if exc.status == 502
-                else "rejected"
-            )
-            problem = exc.message
+            outcome, problem = _outcome(exc), exc.message
             raise
         except (GeneratorExit, asyncio.CancelledError):
             if not finished:  # closed after its last event is not a cancellation
                 outcome = "cancelled"
             raise
         finally:
-            if conn is not None:
-                self._pool.release(conn)
-            if admitted:
-                self._slots.release()
-                stats.in_flight -= 1
+            if begun is not None:
+                begun.backend.finished_streaming()
+                begun.close(time())
+                if begun.decoder.thinking:
+                    self._thinking(begun.decoder.thinking)
             if first is not None:
                 stats.ttft.observe(first - started)
             stats.outcomes[outcome] += 1
-            self._log_turn(turn, outcome, problem, started, first, streamed, usage)
+            self._log_turn(turn, outcome, problem, started, first, streamed, usage, begun, held)
 
-    async def _admit(self) -> None:
-        """Take one of the ``max_concurrency`` slots, waiting up to ``queue_timeout``.
-
-        Turns never queue inside Ollama, whose own queue has no bound.
-        """
-        slots = self._slots
-        if not slots.locked():
-            await slots.acquire()  # a free slot: returns without suspending
-            return
-        self.stats.waiting += 1
-        try:
-            async with asyncio.timeout(self.config.queue_timeout):
-                await slots.acquire()
-        except TimeoutError:
-            raise ServiceError(
-                503,
-                "overloaded",
-                f"all {self.config.max_concurrency} streams to Ollama stayed busy for "
-                f"{self.config.queue_timeout:g} s",
-                retry_after=1,
-            ) from None
-        finally:
-            self.stats.waiting -= 1
-
-    async def _open(self, turn: Turn) -> Connection:
+    async def _begin(self, turn: Turn, call: CallKey, started: float) -> _Started:
+        """Route the turn and wait for its first events, failing over or hedging as set."""
         config = self.config
+        deadline = started + config.first_token_timeout
+        backend = self.router.choose(call)
+        if backend is None:
+            raise self._not_ready()
+        ready = sum(1 for b in self.backends if b.ready)
+        # With somewhere else to go, the first backend gets half the first-token budget.
+        budget = deadline if ready == 1 else started + config.first_token_timeout / 2
+        body = self.request_body(turn)
+        if config.hedge_after is not None and ready > 1:
+            return await self._hedged(body, call, backend, budget, deadline)
         try:
-            return await self._pool.request(
-                "POST",
-                "/api/chat",
-                self.request_body(turn),
-                config.first_token_timeout,
-                config.token_timeout,
+            return await self._attempt(body, backend, budget)
+        except ServiceError as exc:
+            if exc.code not in _RETRYABLE:
+                raise
+            other = self.router.choose(call, exclude=backend)
+            if other is None:
+                raise
+            self.stats.failovers += 1
+            log.warning("turn %s: %s; retrying on %s", turn.turn_id, exc.message, other.url)
+            return await self._attempt(body, other, deadline)
+
+    async def _hedged(
+        self, body: bytes, call: CallKey, backend: Backend, budget: float, deadline: float
+    ) -> _Started:
+        """Start on ``backend``; without a first token after ``hedge_after``, also elsewhere.
+
+        The first attempt to produce a first event wins; the other is cancelled, which
+        closes its connection at once.
+        """
+        assert self.config.hedge_after is not None
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(self._attempt(body, backend, budget))]
+        winner: _Started | None = None
+        try:
+            await asyncio.wait(tasks, timeout=self.config.hedge_after / 1000)
+            if not tasks[0].done():
+                other = self.router.choose(call, exclude=backend)
+                if other is not None and other.free_slots:
+                    self.stats.hedges += 1
+                    tasks.append(loop.create_task(self._attempt(body, other, deadline)))
+            pending = set(tasks)
+            error: BaseException | None = None
+            while pending and winner is None:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in tasks:  # in the order they started, so a tie goes to the first
+                    if task not in done:
+                        continue
+                    exc = task.exception()
+                    if exc is not None:
+                        error = error or exc
+                    elif winner is None:
+                        winner = task.result()
+                        if task is not tasks[0]:
+                            self.stats.hedge_wins += 1
+            if winner is None:
+                assert error is not None
+                raise error
+            return winner
+        finally:
+            for task in tasks:
+                await _settle(task, winner)
+
+    async def _attempt(self, body: bytes, backend: Backend, deadline: float) -> _Started:
+        """One try on one backend: a slot, the request, and its first events by ``deadline``.
+
+        What it holds (the slot, the connection) passes to the :class:`_Started` it
+        returns; when it raises, it has released them.
+        """
+        loop = asyncio.get_running_loop()
+        time = loop.time
+        await backend.admit(min(self.config.queue_timeout, max(deadline - time(), 0.0)))
+        admitted = time()
+        conn: Connection | None = None
+        started: _Started | None = None
+        try:
+            if not backend.ready:  # it went away while this turn waited for a slot
+                raise backend.not_ready()
+            conn = await backend.open(body, max(deadline - admitted, 0.001))
+            decoder = _Decoder()
+            while True:
+                line = await conn.readline()
+                if conn.status != 200:
+                    rest = await conn.read_body()
+                    raise backend.status_error(conn.status, error_text((line or b"") + rest))
+                if line is None:
+                    raise UpstreamClosed("Ollama ended the response without a done line")
+                events = decoder.feed(line)
+                now = time()
+                if events:
+                    started = _Started(backend, conn, decoder, events, admitted, now)
+                    return started
+                if now >= deadline:  # Ollama sends lines, but only thinking
+                    raise UpstreamTimeout("no first token from Ollama in time")
+        except UpstreamTimeout as exc:
+            backend.first_token_timeout(time() - admitted)
+            raise ServiceError(504, "upstream_timeout", self._at(str(exc), backend)) from None
+        except (UpstreamClosed, orjson.JSONDecodeError) as exc:
+            backend.recheck()
+            raise ServiceError(502, "upstream_error", self._at(str(exc), backend)) from None
+        except BaseException:
+            if conn is not None and conn.status == 0:
+                # Cancelled before Ollama answered: if this turn was what loaded the
+                # model, closing it aborted the load, so have the warm loop look now.
+                backend.recheck()
+            raise
+        finally:
+            if started is None:
+                if conn is not None:
+                    backend.pool.release(conn)
+                backend.release(time() - admitted)
+
+    def _at(self, message: str, backend: Backend) -> str:
+        """``message``, saying which Ollama when there are several."""
+        return message if len(self.backends) == 1 else f"{message} ({backend.url})"
+
+    def _thinking(self, lines: int) -> None:
+        self.stats.thinking_lines += lines
+        if not self._warned_thinking:
+            self._warned_thinking = True
+            log.warning(
+                "model %s thinks although every turn sends think: false; its thinking is "
+                "not spoken, but it delays the first word",
+                self.config.model,
             )
-        except (OSError, TimeoutError):
-            self._lost_ollama()
-            raise self._not_ready() from None
 
     def _log_turn(
         self,
@@ -371,6 +501,8 @@ class Engine:
         first: float | None,
         streamed: int,
         usage: Usage | None,
+        begun: _Started | None,
+        held: bool,
     ) -> None:
         ended = asyncio.get_running_loop().time()
         record: dict[str, Any] = {
@@ -387,6 +519,10 @@ class Engine:
         }
         if usage is not None:
             record["prompt_tokens"] = usage.prompt_tokens
+        if begun is not None and len(self.backends) > 1:
+            record["backend"] = begun.backend.url
+        if held:
+            record["held"] = True
         if turn.normalised:
             record["normalised"] = turn.normalised
         if problem is not None:
@@ -396,52 +532,50 @@ class Engine:
         level = logging.INFO if outcome in ("ok", "cancelled") else logging.WARNING
         turn_log.log(level, orjson.dumps(record).decode())
 
-    def _status_error(self, status: int, text: str) -> ServiceError:
-        if status == 503:
-            return ServiceError(
-                503, "ollama_busy", f"Ollama is busy: {text}", retry_after=_RETRY_AFTER
-            )
-        if status == 400:
-            return ServiceError(400, "rejected_by_ollama", f"Ollama rejected the request: {text}")
-        if status == 404:
-            self._recheck.set()
-        return ServiceError(502, "upstream_error", f"Ollama answered {status}: {text}")
-
-    @staticmethod
-    def _tool_call(index: int, call: dict[str, Any]) -> ToolCall:
-        function = call.get("function") or {}
-        arguments = function.get("arguments")
-        if not isinstance(arguments, str):
-            arguments = orjson.dumps(arguments if arguments is not None else {}).decode()
-        return ToolCall(
-            index=index,
-            id=f"call_{uuid.uuid4().hex[:24]}",
-            name=str(function.get("name", "")),
-            arguments=arguments,
-        )
-
-    def _lost_ollama(self) -> None:
-        self.reachable = False
-        self._set_warm(False)
-        self._recheck.set()
-
     # Status
 
     async def health(self) -> dict[str, Any]:
-        """Whether Ollama answers, its version, and whether the model is warm."""
-        try:
-            status, version = await self._pool.get_json("/api/version", self.config.connect_timeout)
-            reachable = status == 200
-            if reachable and isinstance(version, dict):
-                self.ollama_version = str(version.get("version"))
-        except (OSError, TimeoutError, UpstreamClosed):
-            reachable = False
+        """Each backend's state, and whether the server can serve turns."""
+        backends = await asyncio.gather(*(backend.health() for backend in self.backends))
+        reachable = [b for b in backends if b["reachable"]]
+        warm = any(b["warm"] for b in backends)
+        ready = any(b["warm"] and b["stuck"] is None for b in backends)
+        first = reachable[0] if reachable else backends[0]
+        status = "ok" if ready else "stuck" if self.stuck and warm else "unavailable"
         return {
-            "status": "ok" if reachable and self.warm else "unavailable",
+            "status": status,
             "ollama": {
-                "url": self.config.ollama_url,
-                "reachable": reachable,
-                "version": self.ollama_version if reachable else None,
+                "url": self.config.ollama_url
+                if len(backends) == 1
+                else list(self.config.ollama_urls),
+                "reachable": bool(reachable),
+                "version": first["version"],
             },
-            "model": {"name": self.config.model, "warm": self.warm},
+            "model": {"name": self.config.model, "warm": warm},
+            "backends": backends,
         }
+
+
+def _outcome(error: ServiceError) -> str:
+    if error.status == 504:
+        return "timeout"
+    if error.status == 502:
+        return "upstream_error"
+    return "rejected"
+
+
+def _spaced(text: str) -> str:
+    """``text`` with a trailing space, so the answer after it reads as a new sentence."""
+    return text if text[-1:].isspace() else f"{text} "
+
+
+async def _settle(task: asyncio.Task[_Started], keep: _Started | None) -> None:
+    """Cancel an attempt that is no longer wanted, or release what it got unless it is ``keep``."""
+    if not task.done():
+        task.cancel()
+        await asyncio.wait({task})
+    if task.cancelled() or task.exception() is not None:
+        return
+    started = task.result()
+    if started is not keep:
+        started.close(asyncio.get_running_loop().time())

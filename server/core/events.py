@@ -85,10 +85,15 @@ class Usage:
 
 @dataclass(frozen=True, slots=True)
 class Finish:
-    """The turn ended normally."""
+    """The turn ended normally.
+
+    ``fallback`` marks a turn that could not start, answered with the configured
+    fallback message instead of an error.
+    """
 
     reason: FinishReason
     usage: Usage
+    fallback: bool = False
 
 
 @dataclass(frozen=True, slots=True)

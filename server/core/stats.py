@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 __all__ = ["OUTCOMES", "Histogram", "Stats"]
 
 # How a turn can end.
-OUTCOMES = ("ok", "cancelled", "rejected", "upstream_error", "timeout")
+OUTCOMES = ("ok", "cancelled", "rejected", "upstream_error", "timeout", "fallback")
 
 _TTFT_BOUNDS = (0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 20.0)
 _ITL_BOUNDS = (0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 5.0)
@@ -41,7 +41,10 @@ class Stats:
 
     outcomes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
     normalised: dict[str, int] = field(default_factory=dict)  # by kind; the kinds are bounded
-    in_flight: int = 0
-    waiting: int = 0
+    holds: int = 0  # turns that spoke the hold message while their first token was slow
+    failovers: int = 0  # turns retried on another backend before their first token
+    hedges: int = 0  # turns started on a second backend too
+    hedge_wins: int = 0  # hedged turns the second backend answered first
+    thinking_lines: int = 0  # thinking lines Ollama sent, which were not spoken
     ttft: Histogram = field(default_factory=lambda: Histogram(_TTFT_BOUNDS))
     itl: Histogram = field(default_factory=lambda: Histogram(_ITL_BOUNDS))

@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from ..chat.prime import priming_turns
 from ..chat.render import (
     DONE,
     ChunkRenderer,
@@ -67,6 +68,11 @@ class App:
         self._websocket = WebSocketEndpoint(config, engine)
         tools = load_tools(config.tools_module) if config.tools_module else None
         self.vapi = VapiWebhook(config, tools)
+        engine.prime(
+            priming_turns(
+                (self.vapi.system_prompt, config.system_prompt), self.vapi.tools.definitions()
+            )
+        )
         self.metrics = Metrics(engine, lambda: self.vapi.counts)
         # path -> (method, handler, whether the API key is required)
         self._routes: dict[str, tuple[str, _Handler, bool]] = {
@@ -123,8 +129,13 @@ class App:
     # Simple routes
 
     async def _ping(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.engine.warm:
+        engine = self.engine
+        if engine.ready:
             await respond(send, 200, b'{"status":"ok"}')
+        elif engine.stuck:
+            # Unhealthy, not initialising: a supervisor should restart or replace it.
+            body = {"status": "stuck", "reasons": engine.stuck}
+            await respond(send, 503, orjson.dumps(body))
         else:
             await send({"type": "http.response.start", "status": 204, "headers": []})
             await send({"type": "http.response.body", "body": b""})

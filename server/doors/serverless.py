@@ -13,6 +13,9 @@ yielded item is one awaited POST to RunPod. Inputs (``job["input"]``):
 - ``{"type": "chat", "message": "Hello"}`` or ``{"prompt": "Hello"}``: one user message
   (other OpenAI fields such as ``max_tokens`` may sit beside it), answered as chunks.
 
+A chat body or message may carry ``"call_id"``: the turns of one call then stay on the
+Ollama that holds its prompt (with several Ollamas), and its log lines carry that id.
+
 Anything else, a field of the wrong type, or an error before the first token (Ollama
 unreachable, model not warm, Ollama refusing, no first token in time) fails the job:
 the handler yields ``{"error": "<reason>"}``. A failure after the first token ends the
@@ -44,6 +47,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from ..chat.prime import priming_turns
 from ..chat.render import DONE, ChunkRenderer, collect_completion, models_list, sse
 from ..chat.request import CHAT_PATHS, MODELS_PATHS, ChatRequest, parse_chat_request
 from ..config import Config, ConfigError, parse_config
@@ -125,7 +129,12 @@ def _parse_input(data: object, config: Config, turn_id: str | None) -> _Job:
         data = {k: v for k, v in data.items() if k not in ("type", "message", "prompt")}
         data["messages"] = [{"role": "user", "content": text}]
     request = parse_chat_request(data, config.max_messages, config.max_message_chars)
-    return _Job("chunks", request, request.to_turn(config.system_prompt, turn_id))
+    turn = request.to_turn(config.system_prompt, turn_id)
+    call_id = data.get("call_id")
+    if isinstance(call_id, str) and call_id and turn.call_key is None:
+        # The caller's own id for the conversation: its turns stay where its prompt is cached.
+        turn = replace(turn, call_id=turn.call_id or call_id, call_key=call_id)
+    return _Job("chunks", request, turn)
 
 
 def _take(item: Event | Exception) -> Event:
@@ -250,8 +259,8 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def concurrency(self, current: int) -> int:
-        """The SDK's ``concurrency_modifier``: always the configured number of jobs."""
-        return self.config.max_concurrency
+        """The SDK's ``concurrency_modifier``: the slots of every Ollama together."""
+        return self.config.max_concurrency * len(self.config.ollama_urls)
 
     async def engine(self) -> Engine:
         """The engine of the running loop, started on first use, waited for while it warms.
@@ -263,6 +272,7 @@ class Worker:
         engine = self._engine
         if engine is None or self._loop is not loop:
             engine = self._engine = Engine(self.config)
+            engine.prime(priming_turns((self.config.system_prompt,), []))
             self._loop = loop
             await engine.start()
             closer = loop.create_task(_close_with_loop(engine), name="close-engine")

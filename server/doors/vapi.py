@@ -518,6 +518,10 @@ class VapiWebhook:
             config.vapi_secret, config.vapi_hmac_secret, config.vapi_hmac_max_skew
         )
         spec = load_assistant_spec(config.assistant_file)
+        # What the assistant this webhook hands out tells VAPI to send as the system prompt.
+        self.system_prompt = (
+            spec.systemPrompt if spec.systemPrompt is not None else config.system_prompt
+        )
         self._assistant: bytes | None = None
         if config.public_url is not None:
             llm_url, _ = model_url(config.public_url)

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from contextlib import aclosing
+from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -104,6 +106,7 @@ class _Session:
         self._turn: asyncio.Task[None] | None = None
         self._turn_id: str | None = None
         self._notify = True
+        self._call_key = f"ws-{uuid.uuid4().hex}"
 
     async def error(self, turn_id: str | None, code: str, message: str) -> None:
         """Send an ``error`` frame."""
@@ -138,6 +141,8 @@ class _Session:
             config = self._endpoint.config
             request = parse_chat_request(frame, config.max_messages, config.max_message_chars)
             turn = request.to_turn(config.system_prompt, turn_id)
+            if turn.call_key is None:  # the socket is the call
+                turn = replace(turn, call_key=self._call_key)
         except ServiceError as exc:
             await self.error(turn_id, exc.code, exc.message)
             return
@@ -181,16 +186,15 @@ class _Session:
                         }
                         await send(_frame({"type": "tool_call", "id": turn_id, "tool_call": call}))
                     elif type(event) is Finish:
-                        await send(
-                            _frame(
-                                {
-                                    "type": "done",
-                                    "id": turn_id,
-                                    "finish_reason": event.reason,
-                                    "usage": usage_dict(event.usage),
-                                }
-                            )
-                        )
+                        done: dict[str, Any] = {
+                            "type": "done",
+                            "id": turn_id,
+                            "finish_reason": event.reason,
+                            "usage": usage_dict(event.usage),
+                        }
+                        if event.fallback:
+                            done["fallback"] = True
+                        await send(_frame(done))
                     elif type(event) is Failure:
                         await self.error(turn_id, event.code, event.message)
         except ServiceError as exc:

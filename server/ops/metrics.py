@@ -57,17 +57,68 @@ class _EngineCollector(Collector):
         for kind, count in stats.normalised.items():
             normalised.add_metric([kind], count)
         yield normalised
+        backends = engine.backends
         yield GaugeMetricFamily(
-            "voice_llm_streams_in_flight", "Turns streaming from Ollama now.", value=stats.in_flight
+            "voice_llm_streams_in_flight",
+            "Turns streaming from Ollama now.",
+            value=sum(b.in_flight for b in backends),
         )
         yield GaugeMetricFamily(
-            "voice_llm_streams_waiting", "Turns waiting for a free slot.", value=stats.waiting
+            "voice_llm_streams_waiting",
+            "Turns waiting for a free slot.",
+            value=sum(b.waiting for b in backends),
         )
         yield GaugeMetricFamily(
             "voice_llm_model_warm", "1 when the model is loaded in Ollama.", value=int(engine.warm)
         )
         yield GaugeMetricFamily(
             "voice_llm_ollama_reachable", "1 when Ollama answers.", value=int(engine.reachable)
+        )
+        per_backend = (
+            ("in_flight", "Turns streaming from this Ollama now.", lambda b: b.in_flight),
+            ("waiting", "Turns waiting for a slot of this Ollama.", lambda b: b.waiting),
+            ("slots", "Turns this Ollama may stream at once.", lambda b: b.slots),
+            ("warm", "1 when the model is loaded in this Ollama.", lambda b: int(b.warm)),
+            ("reachable", "1 when this Ollama answers.", lambda b: int(b.reachable)),
+            (
+                "stuck",
+                "1 when this Ollama takes turns but starts none.",
+                lambda b: int(bool(b.stuck)),
+            ),
+            ("model_missing", "1 when this Ollama has no such model.", lambda b: int(b.missing)),
+        )
+        for name, text, value in per_backend:
+            family = GaugeMetricFamily(f"voice_llm_backend_{name}", text, labels=["backend"])
+            for backend in backends:
+                family.add_metric([backend.url], value(backend))
+            yield family
+        loads = CounterMetricFamily(
+            "voice_llm_backend_loads", "Model loads this server made.", labels=["backend"]
+        )
+        for backend in backends:
+            loads.add_metric([backend.url], backend.loads)
+        yield loads
+        for name, text, count in (
+            ("holds", "Turns that spoke the hold message first.", stats.holds),
+            (
+                "failovers",
+                "Turns retried on another Ollama before their first token.",
+                stats.failovers,
+            ),
+            ("hedges", "Turns also started on a second Ollama.", stats.hedges),
+            ("hedge_wins", "Hedged turns the second Ollama answered first.", stats.hedge_wins),
+            (
+                "routing_moves",
+                "Turns of a known call moved off their full Ollama.",
+                engine.router.moved,
+            ),
+            ("thinking_lines", "Thinking lines Ollama sent, never spoken.", stats.thinking_lines),
+        ):
+            yield CounterMetricFamily(f"voice_llm_{name}", text, value=count)
+        yield GaugeMetricFamily(
+            "voice_llm_pinned_calls",
+            "Calls whose Ollama is remembered.",
+            value=engine.router.pinned_calls,
         )
         yield _histogram(
             "voice_llm_ttft_seconds", "Time from a turn's arrival to its first token.", stats.ttft
