@@ -357,6 +357,7 @@ def test_auth_accepts_bearer_and_bare_key(keyed_server: Process) -> None:
     ("headers", "code"),
     [
         ({}, "missing_api_key"),
+        ({"Authorization": "Bearer"}, "missing_api_key"),  # "Bearer " arrives so, trimmed
         ({"Authorization": "Bearer wrong"}, "invalid_api_key"),
         ({"Authorization": "wrong"}, "invalid_api_key"),
         ({"Authorization": f"Basic {API_KEY}"}, "invalid_api_key"),
