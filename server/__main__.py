@@ -20,7 +20,7 @@ import uvicorn
 from .config import Config, ConfigError, parse_config
 from .core.engine import CONTROL_ERRORS, Engine
 from .doors.http import App
-from .doors.protocol import http_protocol
+from .doors.protocol import WebSocketProtocol, http_protocol
 from .doors.vapi import vapi_assistant
 from .ops.logs import setup_logging
 
@@ -61,12 +61,12 @@ def serve(config: Config, app: App) -> int:
             port=config.port,
             loop="uvloop",
             http=http_protocol(config.read_timeout),
-            ws="websockets-sansio",
+            ws=WebSocketProtocol,
             ws_per_message_deflate=False,
             ws_max_size=config.max_body_bytes,
             lifespan="on",
             access_log=False,
-            log_level=config.log_level,
+            log_config=None,  # setup_logging has routed uvicorn's loggers
             server_header=False,
             limit_concurrency=config.max_connections,
             timeout_graceful_shutdown=config.shutdown_timeout,

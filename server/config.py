@@ -54,6 +54,7 @@ class Config:
     warm_timeout: float = 300.0
     read_timeout: float = 10.0
     log_level: str = "info"
+    log_format: str | None = None  # json or text; None: text on a terminal, else json
     log_content: bool = False
     public_url: str | None = None
     vapi_secret: str | None = None
@@ -150,6 +151,7 @@ _SETTINGS: list[tuple[str, str, type, str]] = [
     ("max_connections", "MAX_CONNECTIONS", int, "most open connections"),
     ("stream_window", "STREAM_WINDOW", float, "RunPod: seconds of tokens coalesced per yield"),
     ("log_level", "LOG_LEVEL", str, "debug, info, warning or error"),
+    ("log_format", "LOG_FORMAT", str, "json (one object per line) or text"),
     ("public_url", "PUBLIC_URL", str, "this server's public base URL, for VAPI's assistant"),
     ("vapi_secret", "VAPI_SECRET", str, "webhook secret: x-vapi-secret header or bearer"),
     ("vapi_hmac_secret", "VAPI_HMAC_SECRET", str, "webhook HMAC-SHA256 signing secret"),
@@ -181,7 +183,9 @@ def _build_parser(defaults: Config) -> argparse.ArgumentParser:
     )
     for name, env_name, kind, text in _SETTINGS:
         default = getattr(defaults, name)
-        shown = "forever" if name == "keep_alive" else "none" if default is None else default
+        shown = {"keep_alive": "forever", "log_format": "text on a terminal, else json"}.get(
+            name, "none" if default is None else default
+        )
         parser.add_argument(
             f"--{name.replace('_', '-')}",
             type=kind,
@@ -228,6 +232,7 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         ollama_url=_ollama_url(config.ollama_url),
         keep_alive=parse_keep_alive(str(config.keep_alive)),
         log_level=config.log_level.lower(),
+        log_format=None if config.log_format is None else config.log_format.lower(),
     )
 
 
@@ -252,3 +257,5 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"max-body-bytes {config.max_body_bytes} is below 1024")
     if config.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log level {config.log_level!r} is not debug, info, warning or error")
+    if config.log_format is not None and config.log_format.lower() not in ("json", "text"):
+        raise ConfigError(f"log format {config.log_format!r} is not json or text")
