@@ -1,4 +1,4 @@
-"""The server's log on stderr: one format, no secrets."""
+"""The server's log on stderr: one format, no secrets, one line per 4xx."""
 
 from __future__ import annotations
 
@@ -78,6 +78,52 @@ def test_no_key_query_string_or_phone_number_reaches_any_log_line(fake: FakeOlla
         assert secret not in output
     # A refused handshake is not a server error (uvicorn logged one for each).
     assert [r for r in lines if r["level"] == "error"] == []
+
+
+def rejections(server: Process) -> list[dict[str, Any]]:
+    return [r for r in records(server.output()) if r["logger"] == "server.rejected"]
+
+
+def rejections_after(server: Process, before: int, count: int) -> list[dict[str, Any]]:
+    """The ``count`` rejection lines logged after the first ``before``, once all are there."""
+    deadline = time.monotonic() + 5
+    while len(seen := rejections(server)) < before + count:
+        assert time.monotonic() < deadline, server.output().decode()
+        time.sleep(0.02)
+    return seen[before:]
+
+
+def test_every_rejected_request_is_one_line_with_status_code_route(keyed_server: Process) -> None:
+    before = len(rejections(keyed_server))
+    bad_role = {"messages": [{"role": "robot", "content": f"call {PHONE}"}]}
+    with httpx.Client(timeout=5) as http:
+        http.post(f"{keyed_server.url}/v1/chat/completions", json=bad_role)
+        wrong = {"Authorization": "Bearer wrong"}
+        http.post(f"{keyed_server.url}/v1/chat/completions", json=bad_role, headers=wrong)
+        http.delete(f"{keyed_server.url}/v1/models/")
+    with pytest.raises(InvalidStatus):
+        connect(ws_url(keyed_server), open_timeout=5)
+    seen = rejections_after(keyed_server, before, 4)
+    assert [(r["status"], r["code"], r["method"], r["route"]) for r in seen] == [
+        (401, "missing_api_key", "POST", "/v1/chat/completions"),
+        (401, "invalid_api_key", "POST", "/v1/chat/completions"),
+        (405, "method_not_allowed", "DELETE", "/v1/models"),
+        (401, "missing_api_key", "GET", "/ws"),
+    ]
+    assert PHONE.encode() not in keyed_server.output()
+
+
+def test_a_bad_field_is_logged_by_name_without_its_value(server: Process) -> None:
+    before = len(rejections(server))
+    body = {"messages": [{"role": "robot", "content": f"call {PHONE}"}]}
+    with httpx.Client(timeout=5) as http:
+        answer = http.post(f"{server.url}/v1/chat/completions", json=body)
+    assert answer.status_code == 400
+    (line,) = rejections_after(server, before, 1)
+    assert (line["status"], line["route"]) == (400, "/v1/chat/completions")
+    assert (line["code"], line["param"]) == (answer.json()["error"]["code"], "messages.0.role")
+    assert b"robot" not in server.output()
+    assert PHONE.encode() not in server.output()
 
 
 def test_text_format_turns_records_into_readable_lines(fake: FakeOllama) -> None:

@@ -481,6 +481,10 @@ def test_unknown_route_and_wrong_method(server: Process) -> None:
         assert response.status_code == 405
         assert response.headers["allow"] == "POST"
         assert response.json()["error"]["code"] == "method_not_allowed"
+        response = http.get(f"{server.url}/ws")  # a websocket route, without the upgrade
+        assert response.status_code == 426
+        assert response.headers["upgrade"] == "websocket"
+        assert response.json()["error"]["code"] == "upgrade_required"
 
 
 def test_body_over_the_limit(server: Process) -> None:

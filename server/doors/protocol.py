@@ -25,12 +25,12 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from ..core.errors import ServiceError
+from ..ops.logs import log_rejection
 
 __all__ = ["WebSocketProtocol", "http_protocol"]
 
-_BODY = orjson.dumps(
-    ServiceError(408, "request_timeout", "the request headers took too long").to_openai()
-)
+_TIMEOUT = ServiceError(408, "request_timeout", "the request headers took too long")
+_BODY = orjson.dumps(_TIMEOUT.to_openai())
 _408 = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
     b"connection: close\r\ncontent-length: " + str(len(_BODY)).encode() + b"\r\n\r\n" + _BODY
@@ -69,6 +69,7 @@ class _HeaderDeadlineProtocol(HttpToolsProtocol):
     def _expired(self) -> None:
         self._deadline = None
         if not self.transport.is_closing():
+            log_rejection(_TIMEOUT, None, None)
             self.transport.write(_408)
             self.transport.close()
 

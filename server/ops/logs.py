@@ -13,7 +13,8 @@ A ``server.turn`` message that is itself a JSON object is read as the fields, it
 
 uvicorn's loggers go through the same handler. Its websocket handshake lines are
 dropped: they are access-log lines (written whatever ``access_log`` says) and carry
-the URL's query string, which may hold the API key.
+the URL's query string, which may hold the API key; rejections are logged by
+:func:`log_rejection` instead.
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ from typing import IO, Any
 import orjson
 
 from ..config import Config
+from ..core.errors import ServiceError
 
-__all__ = ["Formatter", "setup_logging"]
+__all__ = ["Formatter", "log_rejection", "setup_logging"]
 
 _COMMON = ("ts", "level", "logger", "msg")
 _UVICORN = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
+_rejections = logging.getLogger("server.rejected")
 
 
 def _fields(record: logging.LogRecord) -> tuple[str, dict[str, Any]]:
@@ -126,3 +129,20 @@ def setup_logging(config: Config, stream: IO[str] | None = None) -> None:
     # The Ollama control client's: a line per request, and at DEBUG per step of each.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def log_rejection(error: ServiceError, method: str | None, route: str | None) -> None:
+    """One line for a request refused with a 4xx: status, code, route and the field.
+
+    Never the body, the query string or the error's message (which may quote the body).
+    """
+    if error.status >= 500:
+        return
+    fields = {
+        "status": error.status,
+        "code": error.code,
+        "method": method,
+        "route": None if route is None else route[:200],
+        "param": error.param,
+    }
+    _rejections.info("rejected", extra={"fields": fields})
