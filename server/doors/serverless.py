@@ -39,14 +39,14 @@ import os
 import sys
 import threading
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from ..chat.render import DONE, ChunkRenderer, collect_completion, models_list, sse
 from ..chat.request import CHAT_PATHS, MODELS_PATHS, ChatRequest, parse_chat_request
-from ..config import Config, ConfigError, parse_config
+from ..config import Config, ConfigError, environment_help, parse_config, version
 from ..core.engine import Engine
 from ..core.errors import ServiceError
 from ..core.events import Event, Failure, Finish, TextDelta, Turn
@@ -406,8 +406,40 @@ async def _warm_up(config: Config, wait: float) -> str | None:
     return None
 
 
-def main() -> int:
-    """Wait for the model (bounded), then run the RunPod SDK's worker with :func:`handler`."""
+_HELP = """\
+usage: python handler.py [RunPod SDK flags]
+
+The RunPod serverless worker: RunPod jobs in, each turn streamed from a warm Ollama by
+the same core as python -m server. At start it waits up to WARM_TIMEOUT seconds for the
+model, then takes MAX_CONCURRENCY jobs at once.
+
+Flags are the RunPod SDK's: --rp_serve_api (with --rp_api_port) serves jobs over a local
+HTTP API for testing; --rp_log_level sets the SDK's own log level (LOG_LEVEL's by default).
+
+Settings are environment variables (the others of python -m server do not apply here):
+{settings}
+"""
+# The settings the worker uses, for its help.
+_WORKER_SETTINGS = (
+    "OLLAMA_HOST", "MODEL", "KEEP_ALIVE", "NUM_CTX", "SYSTEM_PROMPT", "MAX_CONCURRENCY",
+    "QUEUE_TIMEOUT", "CONNECT_TIMEOUT", "FIRST_TOKEN_TIMEOUT", "TOKEN_TIMEOUT",
+    "WARM_CHECK_INTERVAL", "WARM_TIMEOUT", "MAX_MESSAGES", "MAX_MESSAGE_CHARS",
+    "STREAM_WINDOW", "LOG_LEVEL", "LOG_FORMAT", "LOG_CONTENT",
+)  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Wait for the model (bounded), then run the RunPod SDK's worker with :func:`handler`.
+
+    ``--help`` and ``--version`` answer at once; every other flag is the SDK's.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    if "-h" in args or "--help" in args:
+        print(_HELP.format(settings=environment_help(_WORKER_SETTINGS, os.environ)), end="")
+        return 0
+    if "--version" in args:
+        print(f"voice-llm-server {version()}")
+        return 0
     started = time.perf_counter()
     try:
         config = parse_config(argv=[], env=os.environ)
