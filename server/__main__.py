@@ -30,7 +30,7 @@ from .core.engine import CONTROL_ERRORS, Engine
 from .doors.http import App
 from .doors.protocol import WebSocketProtocol, http_protocol
 from .doors.vapi import vapi_assistant
-from .ops.logs import setup_logging
+from .ops.logs import log_ready, setup_logging
 
 log = logging.getLogger("server")
 
@@ -69,11 +69,21 @@ def listen(host: str, port: int, setting: str) -> socket.socket:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, but a SIGTERM drain ends in exit status 0.
+    """uvicorn's server, with a summary line once it listens; a SIGTERM drain exits 0.
 
     uvicorn re-raises the signal after shutting down, so the process would die of
     SIGTERM; for a container, a completed drain is a clean exit.
     """
+
+    def __init__(self, config: uvicorn.Config, settings: Config, ports: list[int]) -> None:
+        super().__init__(config)
+        self.settings = settings
+        self.ports = ports
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            log_ready(self.settings, "server", host=self.settings.host, ports=self.ports)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if sig == signal.SIGTERM:
@@ -106,7 +116,9 @@ def serve(config: Config, app: App, sockets: list[socket.socket]) -> int:
             server_header=False,
             limit_concurrency=config.max_connections,
             timeout_graceful_shutdown=config.shutdown_timeout,
-        )
+        ),
+        config,
+        [sock.getsockname()[1] for sock in sockets],
     )
     server.run(sockets=sockets)
     return 0

@@ -72,6 +72,9 @@ class Config:
     vapi_hmac_max_skew: float = 300.0
     assistant_file: str | None = None
     tools_module: str | None = None
+    # Where max_concurrency came from: --max-concurrency, MAX_CONCURRENCY,
+    # OLLAMA_NUM_PARALLEL or default.
+    max_concurrency_from: str = "default"
 
     @property
     def load_options(self) -> dict[str, int]:
@@ -331,8 +334,13 @@ def config_from(args: argparse.Namespace, env: Mapping[str, str] | None = None) 
             values[name] = value
 
     # Ollama's own parallel slots are the natural default for our admission limit.
-    if "max_concurrency" not in values and env.get("OLLAMA_NUM_PARALLEL", "").isdigit():
+    if args.max_concurrency is not None:
+        values["max_concurrency_from"] = "--max-concurrency"
+    elif "max_concurrency" in values:
+        values["max_concurrency_from"] = "MAX_CONCURRENCY"
+    elif env.get("OLLAMA_NUM_PARALLEL", "").isdigit():
         values["max_concurrency"] = int(env["OLLAMA_NUM_PARALLEL"])
+        values["max_concurrency_from"] = "OLLAMA_NUM_PARALLEL"
     log_content = args.log_content or env.get("LOG_CONTENT", "").lower() in ("1", "true", "yes")
     config = Config(**values, log_content=log_content)
     _validate(config)

@@ -1,4 +1,4 @@
-"""The server's log on stderr: one format, no secrets, one line per 4xx."""
+"""The server's log on stderr: one format, no secrets, a startup summary, one line per 4xx."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from .conftest import ROOT, FakeOllama, Process, free_port, start_server
+from .conftest import MODEL, ROOT, FakeOllama, Process, free_port, start_server
 
 KEY = "k3y-in-the-query-0451"
 PHONE = "+15550100777"
@@ -126,8 +126,35 @@ def test_a_bad_field_is_logged_by_name_without_its_value(server: Process) -> Non
     assert PHONE.encode() not in server.output()
 
 
+def test_startup_summary_says_what_is_served_and_never_the_key(fake: FakeOllama) -> None:
+    health_port = free_port()
+    server = start_server(
+        fake.url,
+        "--api-key", KEY, "--health-port", str(health_port),
+        wait_warm=False, OLLAMA_NUM_PARALLEL="3",
+    )  # fmt: skip
+    server.stop()
+    (ready,) = [r for r in records(server.output()) if r["msg"] == "ready"]
+    assert ready == {
+        "ts": ready["ts"],
+        "level": "info",
+        "logger": "server",
+        "msg": "ready",
+        "mode": "server",
+        "model": MODEL,
+        "ollama_urls": [fake.url],
+        "max_concurrency": 3,
+        "max_concurrency_from": "OLLAMA_NUM_PARALLEL",
+        "api_key_set": True,
+        "host": "127.0.0.1",
+        "ports": [server.port, health_port],
+    }
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", ready["ts"])
+    assert KEY.encode() not in server.output()
+
+
 def test_text_format_turns_records_into_readable_lines(fake: FakeOllama) -> None:
-    server = start_server(fake.url, LOG_FORMAT="text")
+    server = start_server(fake.url, "--max-concurrency", "2", LOG_FORMAT="text")
     try:
         with httpx.Client(timeout=10) as http:
             body = {"messages": [{"role": "user", "content": "Hi [[tokens:3]]"}]}
@@ -137,6 +164,8 @@ def test_text_format_turns_records_into_readable_lines(fake: FakeOllama) -> None
     lines = server.output().decode().splitlines()
     stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} (DEBUG|INFO|WARNING|ERROR) +[\w.]+: "
     assert all(re.match(stamp, line) for line in lines), lines
+    (ready,) = [line for line in lines if " server: ready " in line]
+    assert "max_concurrency=2 max_concurrency_from=--max-concurrency" in ready
     (turn_line,) = [line for line in lines if " server.turn: turn " in line]
     assert "outcome=ok" in turn_line
     assert "tokens=3" in turn_line
@@ -156,14 +185,14 @@ def test_a_terminal_gets_text_and_a_bad_format_is_refused(fake: FakeOllama) -> N
     seen = b""
     try:
         deadline = time.monotonic() + 20
-        while b"is warm" not in seen and time.monotonic() < deadline:
+        while b"server: ready" not in seen and time.monotonic() < deadline:
             if select.select([leader], [], [], 0.5)[0]:
                 seen += os.read(leader, 65536)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
         os.close(leader)
-    assert b" INFO    server.engine: model " in seen, seen
+    assert b" INFO    server: ready mode=server " in seen, seen
     assert b'{"ts"' not in seen
 
     refused = subprocess.run(

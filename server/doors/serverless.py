@@ -50,7 +50,7 @@ from ..config import Config, ConfigError, environment_help, parse_config, versio
 from ..core.engine import Engine
 from ..core.errors import ServiceError
 from ..core.events import Event, Failure, Finish, TextDelta, Turn
-from ..ops.logs import setup_logging
+from ..ops.logs import log_ready, setup_logging
 
 __all__ = ["Worker", "current_worker", "handler", "main"]
 
@@ -468,12 +468,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             problem,
             config.warm_timeout,
         )
-    log.info(
-        "worker ready in %.2f s: model %s, %d concurrent jobs, stream window %.0f ms",
-        time.perf_counter() - started,
-        config.model,
-        config.max_concurrency,
-        config.stream_window * 1000,
+    log_ready(
+        config,
+        "serverless",
+        ready_s=round(time.perf_counter() - started, 2),
+        stream_window_ms=round(config.stream_window * 1000),
     )
     runpod.serverless.start(
         {

@@ -29,7 +29,7 @@ import orjson
 from ..config import Config
 from ..core.errors import ServiceError
 
-__all__ = ["Formatter", "log_rejection", "setup_logging"]
+__all__ = ["Formatter", "log_ready", "log_rejection", "setup_logging"]
 
 _COMMON = ("ts", "level", "logger", "msg")
 _UVICORN = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
@@ -129,6 +129,25 @@ def setup_logging(config: Config, stream: IO[str] | None = None) -> None:
     # The Ollama control client's: a line per request, and at DEBUG per step of each.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def log_ready(config: Config, mode: str, **details: Any) -> None:
+    """The startup summary: one line once the server (or worker) is ready.
+
+    Says what it serves and from where, its admission limit and where that came from,
+    and whether a key is set (never the key); ``details`` adds what the mode knows
+    (ports, timings).
+    """
+    fields: dict[str, Any] = {
+        "mode": mode,
+        "model": config.model,
+        "ollama_urls": [config.ollama_url],
+        "max_concurrency": config.max_concurrency,
+        "max_concurrency_from": config.max_concurrency_from,
+        "api_key_set": config.api_key is not None,
+        **details,
+    }
+    logging.getLogger("server").info("ready", extra={"fields": fields})
 
 
 def log_rejection(error: ServiceError, method: str | None, route: str | None) -> None:
