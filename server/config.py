@@ -10,12 +10,23 @@ import argparse
 import ipaddress
 import os
 import re
-from collections.abc import Mapping, Sequence
+import tomllib
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-__all__ = ["ROUTING_POLICIES", "Config", "ConfigError", "parse_config"]
+__all__ = [
+    "ROUTING_POLICIES",
+    "Config",
+    "ConfigError",
+    "config_from",
+    "environment_help",
+    "parse_config",
+    "settings_parser",
+    "version",
+]
 
 
 class ConfigError(ValueError):
@@ -55,6 +66,7 @@ class Config:
     warm_timeout: float = 300.0
     read_timeout: float = 10.0
     log_level: str = "info"
+    log_format: str | None = None  # json or text; None: text on a terminal, else json
     log_content: bool = False
     public_url: str | None = None
     vapi_secret: str | None = None
@@ -73,6 +85,10 @@ class Config:
     def ollama_urls(self) -> tuple[str, ...]:
         """Every Ollama the server streams from: ``ollama_url`` first, then the others."""
         return (self.ollama_url, *self.more_ollama_urls)
+
+    # Where max_concurrency came from: --max-concurrency, MAX_CONCURRENCY,
+    # OLLAMA_NUM_PARALLEL or default.
+    max_concurrency_from: str = "default"
 
     @property
     def load_options(self) -> dict[str, int]:
@@ -135,11 +151,26 @@ def _ollama_url(value: str) -> str:
 _SETTINGS: list[tuple[str, str, type, str]] = [
     ("host", "HOST", str, "address to listen on"),
     ("port", "PORT", int, "port for HTTP and websockets"),
-    ("health_port", "PORT_HEALTH", int, "also answer /ping and /health on this port"),
-    ("ollama_url", "OLLAMA_HOST", str, "Ollama base URL; repeat the flag for several"),
+    ("health_port", "PORT_HEALTH", int, "a second port serving every route, for health checkers"),
+    (
+        "ollama_url",
+        "OLLAMA_HOST",
+        str,
+        "Ollama's base URL (host:port accepted); repeat the flag for several",
+    ),
     ("model", "MODEL", str, "the one model served, whatever a request names"),
-    ("api_key", "API_KEY", str, "key clients must send"),
-    ("keep_alive", "KEEP_ALIVE", str, "how long Ollama keeps the model loaded"),
+    (
+        "api_key",
+        "API_KEY",
+        str,
+        "key clients must send as 'Authorization: Bearer <key>' (on /ws also ?api_key=)",
+    ),
+    (
+        "keep_alive",
+        "KEEP_ALIVE",
+        str,
+        "how long Ollama keeps the model loaded: forever, seconds, or a duration like 30m",
+    ),
     ("num_ctx", "NUM_CTX", int, "context window, a load-time option"),
     ("system_prompt", "SYSTEM_PROMPT", str, "system message used when a request has none"),
     ("max_concurrency", "MAX_CONCURRENCY", int, "turns streamed from Ollama at once"),
@@ -149,7 +180,12 @@ _SETTINGS: list[tuple[str, str, type, str]] = [
     ("token_timeout", "TOKEN_TIMEOUT", float, "seconds to wait between tokens"),
     ("shutdown_timeout", "SHUTDOWN_TIMEOUT", int, "seconds in-flight turns get on SIGTERM"),
     ("read_timeout", "READ_TIMEOUT", float, "seconds a client may take to send its headers"),
-    ("warm_check_interval", "WARM_CHECK_INTERVAL", float, "seconds between checks of /api/ps"),
+    (
+        "warm_check_interval",
+        "WARM_CHECK_INTERVAL",
+        float,
+        "seconds between checks that the model is still loaded",
+    ),
     (
         "warm_timeout",
         "WARM_TIMEOUT",
@@ -162,6 +198,7 @@ _SETTINGS: list[tuple[str, str, type, str]] = [
     ("max_connections", "MAX_CONNECTIONS", int, "most open connections"),
     ("stream_window", "STREAM_WINDOW", float, "RunPod: seconds of tokens coalesced per yield"),
     ("log_level", "LOG_LEVEL", str, "debug, info, warning or error"),
+    ("log_format", "LOG_FORMAT", str, "json (one object per line) or text"),
     ("public_url", "PUBLIC_URL", str, "this server's public base URL, for VAPI's assistant"),
     ("vapi_secret", "VAPI_SECRET", str, "webhook secret: x-vapi-secret header or bearer"),
     ("vapi_hmac_secret", "VAPI_HMAC_SECRET", str, "webhook HMAC-SHA256 signing secret"),
@@ -202,14 +239,74 @@ _POSITIVE = {
 }
 
 
-def _build_parser(defaults: Config) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m server",
-        description="OpenAI-compatible streaming server for VAPI custom-llm, in front of Ollama.",
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag or value is one line on stderr (and exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+class _Version(argparse.Action):
+    """``--version``: the project's version, read from pyproject.toml when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> NoReturn:
+        print(f"voice-llm-server {version()}")
+        parser.exit()
+
+
+def version() -> str:
+    """The version in the checkout's pyproject.toml, or ``unknown`` where there is none."""
+    try:
+        with (Path(__file__).resolve().parent.parent / "pyproject.toml").open("rb") as file:
+            return str(tomllib.load(file)["project"]["version"])
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return "unknown"
+
+
+def _default_text(name: str, default: object, env: Mapping[str, str]) -> str:
+    """A setting's default as help shows it: what the server will use when it is not set."""
+    if name == "max_concurrency":
+        slots = env.get("OLLAMA_NUM_PARALLEL", "")
+        if slots.isdigit():
+            return f"{slots}, from OLLAMA_NUM_PARALLEL"
+        return f"{default}, or OLLAMA_NUM_PARALLEL when set"
+    shown = {
+        "keep_alive": "forever",
+        "num_ctx": "Ollama's",
+        "log_format": "text on a terminal, else json",
+    }
+    if isinstance(default, float):
+        return f"{default:g}"
+    return shown.get(name, "none" if default is None else str(default))
+
+
+def settings_parser(
+    prog: str = "python -m server",
+    description: str = (
+        "OpenAI-compatible streaming server for VAPI custom-llm, in front of Ollama.\n"
+        "Every setting is a flag and an environment variable (in parentheses); the flag wins."
+    ),
+    env: Mapping[str, str] | None = None,
+) -> argparse.ArgumentParser:
+    """A parser with a flag for every setting, ``--version``, and one-line errors.
+
+    ``env`` is what the help's defaults are worked out from (``os.environ`` if None).
+    """
+    env = os.environ if env is None else env
+    parser = _Parser(
+        prog=prog,
+        usage=f"{prog} [options]",
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
+    parser.add_argument("--version", action=_Version)
+    defaults = Config()
     for name, env_name, kind, text in _SETTINGS:
-        default = getattr(defaults, name)
-        shown = "forever" if name == "keep_alive" else "none" if default is None else default
+        shown = _default_text(name, getattr(defaults, name), env)
         if name == "ollama_url":
             env_name = "OLLAMA_HOSTS (comma-separated) or OLLAMA_HOST"
         parser.add_argument(
@@ -228,14 +325,40 @@ def _build_parser(defaults: Config) -> argparse.ArgumentParser:
     return parser
 
 
+def environment_help(names: Collection[str], env: Mapping[str, str] | None = None) -> str:
+    """The settings named (by environment variable), one a line, as the flags' help says.
+
+    ``env`` is what the defaults are worked out from (``os.environ`` if None).
+    """
+    env = os.environ if env is None else env
+    defaults = Config()
+    lines = [
+        f"  {env_name:<20} {text} (default {_default_text(name, getattr(defaults, name), env)})"
+        for name, env_name, _, text in _SETTINGS
+        if env_name in names
+    ]
+    if "LOG_CONTENT" in names:
+        lines.append(f"  {'LOG_CONTENT=1':<20} log message text in turn logs, for debugging only")
+    return "\n".join(lines)
+
+
 def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Build the configuration from command-line flags over environment variables.
+
+    Exits with status 2 and a one-line reason on stderr when a flag is unknown or its
+    value is not of its type (as argparse does); raises :class:`ConfigError` with a
+    one-line reason when a setting is invalid.
+    """
+    env = os.environ if env is None else env
+    return config_from(settings_parser(env=env).parse_args(argv), env)
+
+
+def config_from(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Config:
+    """The configuration from the flags parsed by :func:`settings_parser`, over ``env``.
 
     Raises :class:`ConfigError` with a one-line reason when a setting is invalid.
     """
     env = os.environ if env is None else env
-    defaults = Config()
-    args = _build_parser(defaults).parse_args(argv)
     values: dict[str, Any] = {}
     urls: list[str] = args.ollama_url or [
         url.strip() for url in env.get("OLLAMA_HOSTS", "").split(",") if url.strip()
@@ -257,8 +380,13 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
             values[name] = value
 
     # Ollama's own parallel slots are the natural default for our admission limit.
-    if "max_concurrency" not in values and env.get("OLLAMA_NUM_PARALLEL", "").isdigit():
+    if args.max_concurrency is not None:
+        values["max_concurrency_from"] = "--max-concurrency"
+    elif "max_concurrency" in values:
+        values["max_concurrency_from"] = "MAX_CONCURRENCY"
+    elif env.get("OLLAMA_NUM_PARALLEL", "").isdigit():
         values["max_concurrency"] = int(env["OLLAMA_NUM_PARALLEL"])
+        values["max_concurrency_from"] = "OLLAMA_NUM_PARALLEL"
     log_content = args.log_content or env.get("LOG_CONTENT", "").lower() in ("1", "true", "yes")
     config = Config(**values, log_content=log_content)
     _validate(config)
@@ -272,6 +400,7 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         more_ollama_urls=tuple(urls[1:]),
         keep_alive=parse_keep_alive(str(config.keep_alive)),
         log_level=config.log_level.lower(),
+        log_format=None if config.log_format is None else config.log_format.lower(),
     )
 
 
@@ -302,3 +431,5 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"{name.replace('_', '-')} is empty")
     if config.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log level {config.log_level!r} is not debug, info, warning or error")
+    if config.log_format is not None and config.log_format.lower() not in ("json", "text"):
+        raise ConfigError(f"log format {config.log_format!r} is not json or text")

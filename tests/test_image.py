@@ -395,7 +395,10 @@ def test_a_preload_that_fails_fails_the_container(tmp_path: Path) -> None:
         code = run.exit_code()
         output = run.output()
         assert code == 1, output
-        assert f"python -m server preload: model {MODEL} is not warm:" in output
+        assert (
+            f"python -m server preload: model '{MODEL}' is not in Ollama at {run.ollama_url}: "
+            f"run ollama pull {MODEL}"
+        ) in output
         assert f"model {MODEL} did not get warm within 2 s (PRELOAD_TIMEOUT)" in output
         assert "starting python -m server" not in output
         assert gone(ollama)

@@ -365,7 +365,7 @@ def turn_records(output: bytes) -> list[dict[str, Any]]:
     for line in output.splitlines():
         if line.startswith(b"{"):
             record = json.loads(line)
-            if record.get("event") == "turn":
+            if record["logger"] == "server.turn" and record["msg"] == "turn":
                 records.append(record)
     return records
 

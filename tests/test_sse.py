@@ -357,6 +357,7 @@ def test_auth_accepts_bearer_and_bare_key(keyed_server: Process) -> None:
     ("headers", "code"),
     [
         ({}, "missing_api_key"),
+        ({"Authorization": "Bearer"}, "missing_api_key"),  # "Bearer " arrives so, trimmed
         ({"Authorization": "Bearer wrong"}, "invalid_api_key"),
         ({"Authorization": "wrong"}, "invalid_api_key"),
         ({"Authorization": f"Basic {API_KEY}"}, "invalid_api_key"),
@@ -480,6 +481,10 @@ def test_unknown_route_and_wrong_method(server: Process) -> None:
         assert response.status_code == 405
         assert response.headers["allow"] == "POST"
         assert response.json()["error"]["code"] == "method_not_allowed"
+        response = http.get(f"{server.url}/ws")  # a websocket route, without the upgrade
+        assert response.status_code == 426
+        assert response.headers["upgrade"] == "websocket"
+        assert response.json()["error"]["code"] == "upgrade_required"
 
 
 def test_body_over_the_limit(server: Process) -> None:

@@ -25,7 +25,6 @@ import logging
 import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from time import time as wall_time
 from typing import Any
 
 import orjson
@@ -41,7 +40,7 @@ from .upstream import Connection, UpstreamClosed, UpstreamTimeout
 __all__ = ["CONTROL_ERRORS", "Engine"]
 
 log = logging.getLogger("server.engine")
-# One JSON line per turn: ids, outcome, timings; message text only with log_content.
+# One line per turn (its fields: ids, outcome, timings); message text only with log_content.
 turn_log = logging.getLogger("server.turn")
 
 _RETRY_AFTER = 2
@@ -506,8 +505,6 @@ class Engine:
     ) -> None:
         ended = asyncio.get_running_loop().time()
         record: dict[str, Any] = {
-            "ts": round(wall_time(), 3),
-            "event": "turn",
             "call_id": turn.call_id,
             "turn_id": turn.turn_id,
             "model": self.config.model,
@@ -530,7 +527,7 @@ class Engine:
         if self.config.log_content:
             record["messages"] = turn.messages
         level = logging.INFO if outcome in ("ok", "cancelled") else logging.WARNING
-        turn_log.log(level, orjson.dumps(record).decode())
+        turn_log.log(level, "turn", extra={"fields": record})
 
     # Status
 

@@ -11,11 +11,15 @@ __all__ = ["KeyCheck"]
 
 
 def _given_key(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
-    """The key in an ``Authorization`` header: ``Bearer <key>`` or the bare key."""
+    """The key in an ``Authorization`` header: ``Bearer <key>`` or the bare key.
+
+    None when there is no header, or it is empty, or ``Bearer`` with nothing after it.
+    """
     for name, value in headers:
         if name == b"authorization":
+            value = value.strip()
             scheme, _, rest = value.partition(b" ")
-            return rest.strip() if rest and scheme.lower() == b"bearer" else value.strip()
+            return (rest.strip() if scheme.lower() == b"bearer" else value) or None
     return None
 
 

@@ -8,6 +8,9 @@ Routes (one port, run by uvicorn):
 - ``GET /v1/models`` (also ``/models``): the one served model.
 - ``GET /health``: JSON about Ollama and the model; ``GET /ping``: 204 while the
   model warms, 200 once it is warm (RunPod's load-balancer convention).
+- ``/ws`` without a websocket upgrade: 426, with ``Upgrade: websocket``.
+
+Every request refused with a 4xx is logged, one line each (:func:`log_rejection`).
 
 A streamed response starts when the core yields its first event, so a request that
 fails before any token gets a real HTTP status and an OpenAI error object. When the
@@ -37,6 +40,7 @@ from ..config import Config
 from ..core.engine import Engine
 from ..core.errors import ServiceError
 from ..core.events import Event, Failure, Finish, TextDelta, ToolCall
+from ..ops.logs import log_rejection
 from ..ops.metrics import CONTENT_TYPE, Metrics
 from ..tools import load_tools
 from .asgi import JSON, Disconnected, Receive, Scope, Send, read_body, respond
@@ -79,6 +83,7 @@ class App:
             "/health": ("GET", self._health, False),
             "/ping": ("GET", self._ping, False),
             "/metrics": ("GET", self._metrics, True),
+            "/ws": ("GET", self._upgrade_required, False),
             # VAPI's webhook checks its own secret rather than the API key.
             WEBHOOK_PATH: ("POST", self.vapi, False),
         }
@@ -124,7 +129,13 @@ class App:
                 self._keys.check(scope["headers"])
             await handler(scope, receive, send)
         except ServiceError as exc:
-            await self._error(send, exc, allow=route[0] if route and exc.status == 405 else None)
+            log_rejection(exc, scope["method"], path)
+            headers = []
+            if exc.status == 405 and route is not None:
+                headers.append((b"allow", route[0].encode()))
+            elif exc.status == 426:
+                headers.append((b"upgrade", b"websocket"))
+            await self._error(send, exc, headers)
 
     # Simple routes
 
@@ -143,6 +154,13 @@ class App:
     async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
         health = await self.engine.health()
         await respond(send, 200 if health["status"] == "ok" else 503, orjson.dumps(health))
+
+    async def _upgrade_required(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise ServiceError(
+            426,
+            "upgrade_required",
+            "/ws is a websocket endpoint: connect with a websocket client (Upgrade: websocket)",
+        )
 
     async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
         await respond(send, 200, self.metrics.render(), [(b"content-type", CONTENT_TYPE)])
@@ -230,12 +248,12 @@ class App:
                 pending += sse(renderer.usage(last.usage))
         await send({"type": "http.response.body", "body": pending + DONE, "more_body": False})
 
-    async def _error(self, send: Send, error: ServiceError, allow: str | None = None) -> None:
-        headers = [JSON]
+    async def _error(
+        self, send: Send, error: ServiceError, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        headers.append(JSON)
         if error.retry_after is not None:
             headers.append((b"retry-after", str(error.retry_after).encode()))
-        if allow is not None:
-            headers.append((b"allow", allow.encode()))
         await respond(send, error.status, orjson.dumps(error.to_openai()), headers)
 
 

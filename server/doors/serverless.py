@@ -42,7 +42,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -50,11 +50,11 @@ from typing import Any, Literal
 from ..chat.prime import priming_turns
 from ..chat.render import DONE, ChunkRenderer, collect_completion, models_list, sse
 from ..chat.request import CHAT_PATHS, MODELS_PATHS, ChatRequest, parse_chat_request
-from ..config import Config, ConfigError, parse_config
+from ..config import Config, ConfigError, environment_help, parse_config, version
 from ..core.engine import Engine
 from ..core.errors import ServiceError
 from ..core.events import Event, Failure, Finish, TextDelta, Turn
-from ..ops.logs import setup_logging
+from ..ops.logs import log_ready, setup_logging
 
 __all__ = ["Worker", "current_worker", "handler", "main"]
 
@@ -409,15 +409,47 @@ async def _warm_up(config: Config, wait: float) -> str | None:
             await engine.wait_warm()
     except TimeoutError:
         if engine.reachable:
-            return f"model {config.model} is not warm in Ollama at {config.ollama_url}"
-        return f"Ollama is not reachable at {config.ollama_url}"
+            return f"model {config.model} is not warm in Ollama at {', '.join(config.ollama_urls)}"
+        return f"Ollama is not reachable at {', '.join(config.ollama_urls)}"
     finally:
         await engine.close()
     return None
 
 
-def main() -> int:
-    """Wait for the model (bounded), then run the RunPod SDK's worker with :func:`handler`."""
+_HELP = """\
+usage: python handler.py [RunPod SDK flags]
+
+The RunPod serverless worker: RunPod jobs in, each turn streamed from a warm Ollama by
+the same core as python -m server. At start it waits up to WARM_TIMEOUT seconds for the
+model, then takes MAX_CONCURRENCY jobs at once.
+
+Flags are the RunPod SDK's: --rp_serve_api (with --rp_api_port) serves jobs over a local
+HTTP API for testing; --rp_log_level sets the SDK's own log level (LOG_LEVEL's by default).
+
+Settings are environment variables (the others of python -m server do not apply here):
+{settings}
+"""
+# The settings the worker uses, for its help.
+_WORKER_SETTINGS = (
+    "OLLAMA_HOST", "MODEL", "KEEP_ALIVE", "NUM_CTX", "SYSTEM_PROMPT", "MAX_CONCURRENCY",
+    "QUEUE_TIMEOUT", "CONNECT_TIMEOUT", "FIRST_TOKEN_TIMEOUT", "TOKEN_TIMEOUT",
+    "WARM_CHECK_INTERVAL", "WARM_TIMEOUT", "MAX_MESSAGES", "MAX_MESSAGE_CHARS",
+    "STREAM_WINDOW", "LOG_LEVEL", "LOG_FORMAT", "LOG_CONTENT",
+)  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Wait for the model (bounded), then run the RunPod SDK's worker with :func:`handler`.
+
+    ``--help`` and ``--version`` answer at once; every other flag is the SDK's.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    if "-h" in args or "--help" in args:
+        print(_HELP.format(settings=environment_help(_WORKER_SETTINGS, os.environ)), end="")
+        return 0
+    if "--version" in args:
+        print(f"voice-llm-server {version()}")
+        return 0
     started = time.perf_counter()
     try:
         config = parse_config(argv=[], env=os.environ)
@@ -446,12 +478,11 @@ def main() -> int:
             problem,
             config.warm_timeout,
         )
-    log.info(
-        "worker ready in %.2f s: model %s, %d concurrent jobs, stream window %.0f ms",
-        time.perf_counter() - started,
-        config.model,
-        config.max_concurrency,
-        config.stream_window * 1000,
+    log_ready(
+        config,
+        "serverless",
+        ready_s=round(time.perf_counter() - started, 2),
+        stream_window_ms=round(config.stream_window * 1000),
     )
     runpod.serverless.start(
         {

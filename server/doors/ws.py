@@ -38,6 +38,7 @@ from ..config import Config
 from ..core.engine import Engine
 from ..core.errors import ServiceError
 from ..core.events import Failure, Finish, TextDelta, ToolCall, Turn, Usage
+from ..ops.logs import log_rejection
 from .asgi import Receive, Scope, Send
 from .auth import KeyCheck
 
@@ -67,6 +68,7 @@ class WebSocketEndpoint:
         try:
             self._keys.check(scope["headers"], query_key.encode() if query_key else None)
         except ServiceError as exc:
+            log_rejection(exc, "GET", scope["path"])
             body = orjson.dumps(exc.to_openai())
             await send(
                 {
