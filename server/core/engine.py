@@ -271,6 +271,8 @@ class Engine:
                             if first is None:
                                 first = time()
                             for call in tool_calls:
+                                if calls and not turn.parallel_tool_calls:
+                                    break  # the client takes one call per reply
                                 yield self._tool_call(calls, call)
                                 calls += 1
                     if chunk.get("done"):
