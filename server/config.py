@@ -58,7 +58,7 @@ class Config:
     shutdown_timeout: int = 20
     max_body_bytes: int = 4 * 1024 * 1024
     max_messages: int = 1000
-    max_message_chars: int = 100_000
+    max_message_chars: int = 1_000_000
     max_connections: int = 2000
     stream_window: float = 0.04
     warm_retry_interval: float = 2.0

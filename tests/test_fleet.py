@@ -218,7 +218,8 @@ def test_every_slot_of_every_backend_is_primed() -> None:
             ]
             assert len(primes) == 2
             for body in primes:
-                assert body["messages"] == [{"role": "system", "content": prompt}]
+                # Built as a call's opening turn is: the system prompt comes first.
+                assert body["messages"][0] == {"role": "system", "content": prompt}
                 assert body["options"]["num_predict"] == 1
                 assert body["keep_alive"] == -1
     finally:

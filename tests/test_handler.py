@@ -300,12 +300,11 @@ def test_first_token_alone_then_tokens_coalesced(fake: FakeOllama) -> None:
         ({"type": "ping"}, "input type 'ping' is not served: expected"),
         ({"type": "chat", "message": ""}, "'message' must be a non-empty string"),
         ({"prompt": 42}, "'prompt' must be a non-empty string"),
-        ({"messages": []}, "'messages' is invalid"),
         ({"messages": "Hi"}, "'messages' is invalid"),
         ({"messages": [{"role": "robot", "content": "Hi"}]}, "'messages.0.role' is invalid"),
         (
-            {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
-            "only text parts are supported",
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]},
+            "'messages.0.content.0.text' is invalid",
         ),
         (
             {"openai_route": "/v1/embeddings", "openai_input": {"input": "Hi"}},
@@ -327,7 +326,7 @@ def test_first_token_alone_then_tokens_coalesced(fake: FakeOllama) -> None:
             },
             "'stream' is invalid",
         ),
-        ({"prompt": "Hi", "temperature": 9}, "'temperature' is invalid"),
+        ({"prompt": "Hi", "temperature": "hot"}, "'temperature' is invalid"),
     ],
 )
 def test_bad_input_fails_the_job_and_the_worker_goes_on(

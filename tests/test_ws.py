@@ -145,7 +145,7 @@ def test_cancel_ends_the_turn_and_closes_ollama(ws: ClientConnection, fake: Fake
         ('{"type": "chat", "id": 7, "messages": []}', "invalid_id", None),
         ('{"type": "dance", "id": "t1"}', "unknown_type", "t1"),
         ('{"type": "chat", "id": "t1"}', "invalid_value", "t1"),
-        ('{"type": "chat", "id": "t1", "messages": []}', "invalid_value", "t1"),
+        ('{"type": "chat", "id": "t1", "messages": {}}', "invalid_value", "t1"),
         ('{"type": "chat", "id": "t1", "messages": [{"role": "x"}]}', "invalid_value", "t1"),
         (
             '{"type": "chat", "id": "t1", "stream": 1,'

@@ -35,13 +35,16 @@ def sse(obj: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
-def usage_dict(usage: Usage) -> dict[str, int]:
-    """OpenAI's usage object."""
-    return {
+def usage_dict(usage: Usage) -> dict[str, Any]:
+    """OpenAI's usage object, with ``prompt_tokens_details.cached_tokens`` when known."""
+    result: dict[str, Any] = {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
     }
+    if usage.cached_tokens is not None:
+        result["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens}
+    return result
 
 
 def finish_reason(last: Finish | Failure | None) -> str:

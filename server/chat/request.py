@@ -1,20 +1,26 @@
 """The OpenAI chat-completions request, validated at the edge and turned into a :class:`Turn`.
 
 Shared by every adapter, so a body means the same thing over HTTP, over a websocket
-and on RunPod. Fields OpenAI or VAPI send that the server does not use (``call``,
-``customer``, ``phoneNumber``, ``metadata``, ``tool_choice``...) are accepted and
-ignored. Types are checked strictly: ``"stream": "yes"`` is an error, not a guess.
+and on RunPod. Liberal where a body's meaning is clear: the shapes other clients send
+are normalised once, here and in :mod:`.normalise`, each kind counted and logged.
+Strict where it is not: a body that is not an object, ``messages`` that is not a list,
+a message without a valid ``role``, a field of the wrong JSON type with no obvious
+conversion (``"stream": "yes"``) is a 400 naming the field. Fields the server does
+not use (``model``, ``service_tier``, VAPI's ``customer`` and ``phoneNumber``,
+ElevenLabs' ``elevenlabs_extra_body``...) are accepted and ignored.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
-import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
+from pydantic_core import ErrorDetails
 
 from ..core.errors import ServiceError
 from ..core.events import Turn
+from . import normalise
 
 __all__ = [
     "CHAT_PATHS",
@@ -43,7 +49,7 @@ class _Model(BaseModel):
 
 class FunctionCall(_Model):
     name: str
-    arguments: str = "{}"
+    arguments: str | dict[str, Any] | None = None  # a JSON string, or the object itself
 
 
 class ToolCallIn(_Model):
@@ -55,6 +61,7 @@ class ToolCallIn(_Model):
 class ContentPart(_Model):
     type: str
     text: str | None = None
+    refusal: str | None = None
 
 
 class Message(_Model):
@@ -63,10 +70,9 @@ class Message(_Model):
     name: str | None = None
     tool_calls: list[ToolCallIn] | None = None
     tool_call_id: str | None = None
-
-
-class StreamOptions(_Model):
-    include_usage: bool | None = None
+    function_call: FunctionCall | None = None
+    camel_tool_calls: list[ToolCallIn] | None = Field(default=None, alias="toolCalls")
+    camel_tool_call_id: str | None = Field(default=None, alias="toolCallId")
 
 
 class FunctionDef(_Model):
@@ -75,118 +81,98 @@ class FunctionDef(_Model):
     parameters: dict[str, Any] | None = None
 
 
-class ToolDef(_Model):
+class FunctionTool(_Model):
     type: Literal["function"]
     function: FunctionDef
 
 
-class ChatRequest(_Model):
-    """An OpenAI chat-completions request body (the fields the server acts on)."""
+class OtherTool(_Model):
+    """A tool of a type the model is not offered (VAPI's ``transferCall``...)."""
 
-    model: str | None = None
-    messages: list[Message] = Field(min_length=1)
+    type: str
+
+
+def _tool_kind(value: object) -> str:
+    return "function-tool" if type(value) is dict and value.get("type") == "function" else "other"
+
+
+# Only a "function" tool's definition is validated. The tags stay out of error params.
+ToolIn = Annotated[
+    Annotated[FunctionTool, Tag("function-tool")] | Annotated[OtherTool, Tag("other")],
+    Discriminator(_tool_kind),
+]
+
+
+class StreamOptions(_Model):
+    include_usage: bool | None = None
+
+
+class Body(_Model):
+    """An OpenAI chat-completions request body: the fields the server acts on."""
+
+    messages: list[Message]
     stream: bool | None = None
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, ge=0, le=1)
-    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    max_tokens: int | float | None = None
+    max_completion_tokens: int | float | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
-    tools: list[ToolDef] | None = None
-    call: Any = None  # VAPI's call object; only its id is read, for the logs
+    tools: list[ToolIn] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    functions: list[FunctionDef] | None = None
+    function_call: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    reasoning_effort: str | None = None
+    prompt_cache_key: str | None = None
+    user: str | None = None
+    user_id: str | None = None  # ElevenLabs' end user
+    call: Any = None  # VAPI's call object; only its id is read
 
-    @property
-    def include_usage(self) -> bool:
-        """Whether the client asked for a usage chunk at the end of the stream."""
-        return bool(self.stream_options and self.stream_options.include_usage)
+
+@dataclass(slots=True)
+class ChatRequest:
+    """A validated chat request, already in Ollama's shapes.
+
+    ``messages`` holds no configured system prompt yet (:meth:`to_turn` adds it);
+    ``normalised`` lists the kinds of :mod:`.normalise` applied, in order, once each.
+    """
+
+    messages: list[dict[str, Any]]
+    has_system: bool
+    tools: list[dict[str, Any]] | None
+    options: dict[str, Any]
+    format: str | dict[str, Any] | None
+    stream: bool
+    include_usage: bool
+    parallel_tool_calls: bool
+    call_id: str | None
+    call_key: str | None
+    normalised: tuple[str, ...]
 
     def to_turn(self, system_prompt: str | None = None, turn_id: str | None = None) -> Turn:
-        """Translate to Ollama's message shape; ``system_prompt`` fills in a missing one.
+        """The turn for the core; ``system_prompt`` fills in a missing system message.
 
-        ``turn_id`` labels the turn in the logs, with VAPI's ``call.id`` when present.
-
-        Raises :class:`ServiceError` (400) for content Ollama cannot take.
+        ``turn_id`` labels the turn in the logs, with VAPI's call id when present.
         """
-        messages: list[dict[str, Any]] = []
-        if system_prompt and not any(m.role in ("system", "developer") for m in self.messages):
-            messages.append({"role": "system", "content": system_prompt})
-        tool_names: dict[str, str] = {}
-        for i, message in enumerate(self.messages):
-            messages.append(_to_ollama(i, message, tool_names))
-
-        options: dict[str, Any] = {}
-        max_tokens = self.max_completion_tokens or self.max_tokens
-        if max_tokens is not None:
-            options["num_predict"] = max_tokens
-        for name in ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty"):
-            value = getattr(self, name)
-            if value is not None:
-                options[name] = value
-        if self.stop is not None:
-            options["stop"] = [self.stop] if isinstance(self.stop, str) else self.stop
-
-        tools = [t.model_dump(exclude_none=True) for t in self.tools] if self.tools else None
-        call_id = self.call.get("id") if isinstance(self.call, dict) else None
+        messages = self.messages
+        if system_prompt and not self.has_system:
+            messages = [{"role": "system", "content": system_prompt}, *messages]
         return Turn(
             messages=messages,
-            tools=tools,
-            options=options,
-            call_id=call_id if isinstance(call_id, str) else None,
+            tools=self.tools,
+            options=self.options,
+            format=self.format,
+            call_id=self.call_id,
             turn_id=turn_id,
+            call_key=self.call_key,
+            normalised=self.normalised,
+            parallel_tool_calls=self.parallel_tool_calls,
         )
-
-
-def _text(index: int, content: str | list[ContentPart] | None) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    texts = []
-    for j, part in enumerate(content):
-        if part.type != "text" or part.text is None:
-            raise ServiceError(
-                400,
-                "unsupported_content",
-                f"messages.{index}.content.{j}: only text parts are supported, not {part.type!r}",
-                param=f"messages.{index}.content",
-            )
-        texts.append(part.text)
-    return "".join(texts)
-
-
-def _to_ollama(index: int, message: Message, tool_names: dict[str, str]) -> dict[str, Any]:
-    role = message.role
-    content = _text(index, message.content)
-    if role in ("system", "developer"):
-        return {"role": "system", "content": content}
-    if role == "user":
-        return {"role": "user", "content": content}
-    if role == "assistant":
-        out: dict[str, Any] = {"role": "assistant", "content": content}
-        if message.tool_calls:
-            calls = []
-            for j, call in enumerate(message.tool_calls):
-                param = f"messages.{index}.tool_calls.{j}.function.arguments"
-                try:
-                    arguments = orjson.loads(call.function.arguments or "{}")
-                except orjson.JSONDecodeError:
-                    raise ServiceError(
-                        400, "invalid_value", f"{param} is not valid JSON", param=param
-                    ) from None
-                if call.id:
-                    tool_names[call.id] = call.function.name
-                calls.append({"function": {"name": call.function.name, "arguments": arguments}})
-            out["tool_calls"] = calls
-        return out
-    # A tool result: Ollama names the tool it answers rather than the call's id.
-    name = message.name if role == "function" else tool_names.get(message.tool_call_id or "")
-    out = {"role": "tool", "content": content}
-    if name:
-        out["tool_name"] = name
-    return out
 
 
 def field_error(exc: ValidationError, names: frozenset[str], prefix: str = "") -> ServiceError:
@@ -194,10 +180,20 @@ def field_error(exc: ValidationError, names: frozenset[str], prefix: str = "") -
 
     ``names`` are the models' field names: pydantic also puts union members (``str``,
     ``list[ContentPart]``) in an error's location, and those are left out of ``param``.
+    Of a union's errors, the one that reaches deepest names the field (a content part's
+    ``text`` rather than the whole ``content``).
     """
-    error = exc.errors(include_url=False)[0]
-    path = ".".join(str(part) for part in error["loc"] if isinstance(part, int) or part in names)
-    param = prefix + path
+
+    def path(error: ErrorDetails) -> str:
+        return ".".join(str(p) for p in error["loc"] if isinstance(p, int) or p in names)
+
+    errors = exc.errors(include_url=False)
+    error, where = errors[0], path(errors[0])
+    for other in errors[1:]:
+        deeper = path(other)
+        if deeper.startswith(where + ".") or (not where and deeper):
+            error, where = other, deeper
+    param = prefix + where if where else prefix.rstrip(".")
     if error["type"] == "missing":
         message = f"'{param}' is required"
     else:
@@ -205,14 +201,26 @@ def field_error(exc: ValidationError, names: frozenset[str], prefix: str = "") -
     return ServiceError(400, "invalid_value", message, param=param)
 
 
-_MODELS = (ChatRequest, Message, ContentPart, ToolCallIn, FunctionCall, StreamOptions, ToolDef)
-_FIELD_NAMES = frozenset(name for model in (*_MODELS, FunctionDef) for name in model.model_fields)
+_MODELS = (
+    Body,
+    Message,
+    ContentPart,
+    ToolCallIn,
+    FunctionCall,
+    StreamOptions,
+    FunctionTool,
+    FunctionDef,
+)
+_FIELD_NAMES = frozenset(
+    field.alias or name for model in _MODELS for name, field in model.model_fields.items()
+)
 
 
 def parse_chat_request(
     data: object, max_messages: int | None = None, max_message_chars: int | None = None
 ) -> ChatRequest:
-    """Validate a decoded JSON body; raises :class:`ServiceError` (400) naming the field.
+    """Validate and normalise a decoded JSON body; raises :class:`ServiceError` (400) naming
+    the field.
 
     ``max_messages`` bounds the conversation's length and ``max_message_chars`` each
     message's text.
@@ -221,21 +229,23 @@ def parse_chat_request(
         raise ServiceError(
             400, "invalid_request", "the request body must be a JSON object", param=None
         )
-    messages = data.get("messages")
-    if max_messages is not None and isinstance(messages, list) and len(messages) > max_messages:
+    entries = data.get("messages")
+    if max_messages is not None and isinstance(entries, list) and len(entries) > max_messages:
         raise ServiceError(
             400,
             "too_many_messages",
-            f"'messages' has {len(messages)} messages; the limit is {max_messages}",
+            f"'messages' has {len(entries)} messages; the limit is {max_messages}",
             param="messages",
         )
     try:
-        request = ChatRequest.model_validate(data)
+        body = Body.model_validate(data)
     except ValidationError as exc:
         raise field_error(exc, _FIELD_NAMES) from None
+    kinds: list[str] = []
+    messages, has_system, conversation = normalise.messages(body.messages, kinds)
     if max_message_chars is not None:
-        for i, entry in enumerate(request.messages):
-            size = len(_text(i, entry.content))
+        for i, message in enumerate(messages):
+            size = len(message["content"])
             if size > max_message_chars:
                 raise ServiceError(
                     400,
@@ -244,4 +254,36 @@ def parse_chat_request(
                     f"{max_message_chars}",
                     param=f"messages.{i}.content",
                 )
-    return request
+    if not conversation:
+        messages.append(normalise.OPENING_LINE)
+        kinds.append("opening_line")
+    tools = normalise.tools(body, _function_tools(body.tools, kinds), kinds)
+    options = normalise.options(body, kinds)
+    output_format = normalise.output_format(body.response_format)
+    if body.reasoning_effort is not None and body.reasoning_effort != "none":
+        kinds.append("reasoning_effort")
+    call_id = normalise.call_id(body.call)
+    return ChatRequest(
+        messages=messages,
+        has_system=has_system,
+        tools=tools,
+        options=options,
+        format=output_format,
+        stream=bool(body.stream),
+        include_usage=bool(body.stream_options and body.stream_options.include_usage),
+        parallel_tool_calls=body.parallel_tool_calls is not False,
+        call_id=call_id,
+        call_key=call_id or body.prompt_cache_key or body.user or body.user_id,
+        normalised=tuple(dict.fromkeys(kinds)),
+    )
+
+
+def _function_tools(tools: list[ToolIn] | None, kinds: list[str]) -> list[FunctionDef]:
+    """The definitions of the function tools; tools of other types are left out."""
+    functions = []
+    for tool in tools or ():
+        if isinstance(tool, FunctionTool):
+            functions.append(tool.function)
+        else:
+            kinds.append("non_function_tools")
+    return functions

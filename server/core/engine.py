@@ -73,12 +73,14 @@ class _Decoder:
     """Turns the NDJSON lines of one response into events.
 
     Thinking (``message.thinking``) is never spoken: it is only counted. Tool calls
-    get ids of the server's own and consecutive indexes.
+    get ids of the server's own and consecutive indexes; without
+    ``parallel_tool_calls``, calls after the first are dropped.
     """
 
-    __slots__ = ("calls", "thinking", "usage")
+    __slots__ = ("calls", "parallel", "thinking", "usage")
 
-    def __init__(self) -> None:
+    def __init__(self, parallel_tool_calls: bool) -> None:
+        self.parallel = parallel_tool_calls
         self.calls = 0
         self.thinking = 0
         self.usage: Usage | None = None
@@ -100,6 +102,8 @@ class _Decoder:
                 self.thinking += 1
             tool_calls = message.get("tool_calls")
             if tool_calls:
+                if not self.parallel:  # the client takes one call per reply
+                    tool_calls = [] if self.calls else tool_calls[:1]
                 events += tuple(self._tool_call(call) for call in tool_calls)
         if chunk.get("done"):
             usage = self.usage = _usage(chunk)
@@ -374,9 +378,9 @@ class Engine:
         budget = deadline if ready == 1 else started + config.first_token_timeout / 2
         body = self.request_body(turn)
         if config.hedge_after is not None and ready > 1:
-            return await self._hedged(body, call, backend, budget, deadline)
+            return await self._hedged(body, turn, call, backend, budget, deadline)
         try:
-            return await self._attempt(body, backend, budget)
+            return await self._attempt(body, turn, backend, budget)
         except ServiceError as exc:
             if exc.code not in _RETRYABLE:
                 raise
@@ -385,10 +389,16 @@ class Engine:
                 raise
             self.stats.failovers += 1
             log.warning("turn %s: %s; retrying on %s", turn.turn_id, exc.message, other.url)
-            return await self._attempt(body, other, deadline)
+            return await self._attempt(body, turn, other, deadline)
 
     async def _hedged(
-        self, body: bytes, call: CallKey, backend: Backend, budget: float, deadline: float
+        self,
+        body: bytes,
+        turn: Turn,
+        call: CallKey,
+        backend: Backend,
+        budget: float,
+        deadline: float,
     ) -> _Started:
         """Start on ``backend``; without a first token after ``hedge_after``, also elsewhere.
 
@@ -397,7 +407,7 @@ class Engine:
         """
         assert self.config.hedge_after is not None
         loop = asyncio.get_running_loop()
-        tasks = [loop.create_task(self._attempt(body, backend, budget))]
+        tasks = [loop.create_task(self._attempt(body, turn, backend, budget))]
         winner: _Started | None = None
         try:
             await asyncio.wait(tasks, timeout=self.config.hedge_after / 1000)
@@ -405,7 +415,7 @@ class Engine:
                 other = self.router.choose(call, exclude=backend)
                 if other is not None and other.free_slots:
                     self.stats.hedges += 1
-                    tasks.append(loop.create_task(self._attempt(body, other, deadline)))
+                    tasks.append(loop.create_task(self._attempt(body, turn, other, deadline)))
             pending = set(tasks)
             error: BaseException | None = None
             while pending and winner is None:
@@ -428,7 +438,9 @@ class Engine:
             for task in tasks:
                 await _settle(task, winner)
 
-    async def _attempt(self, body: bytes, backend: Backend, deadline: float) -> _Started:
+    async def _attempt(
+        self, body: bytes, turn: Turn, backend: Backend, deadline: float
+    ) -> _Started:
         """One try on one backend: a slot, the request, and its first events by ``deadline``.
 
         What it holds (the slot, the connection) passes to the :class:`_Started` it
@@ -444,7 +456,7 @@ class Engine:
             if not backend.ready:  # it went away while this turn waited for a slot
                 raise backend.not_ready()
             conn = await backend.open(body, max(deadline - admitted, 0.001))
-            decoder = _Decoder()
+            decoder = _Decoder(turn.parallel_tool_calls)
             while True:
                 line = await conn.readline()
                 if conn.status != 200:

@@ -36,7 +36,8 @@ class Turn:
     ``call_key`` names the conversation the turn belongs to (a call id, a socket, a
     client's ``prompt_cache_key`` or ``user``), so its turns can be kept where its
     prompt is cached. ``normalised`` lists the kinds of liberties taken with the request
-    (``object_arguments``, ``dropped_tools``...): counted and logged, never the content.
+    (``object_arguments``, ``non_function_tools``...): counted and logged, never the content.
+    Without ``parallel_tool_calls`` a reply carries at most one tool call.
     """
 
     messages: list[dict[str, Any]]
@@ -47,6 +48,7 @@ class Turn:
     turn_id: str | None = None
     call_key: str | None = None
     normalised: tuple[str, ...] = ()
+    parallel_tool_calls: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +70,11 @@ class ToolCall:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Token counts and Ollama's own timings of one turn, in seconds."""
+    """Token counts and Ollama's own timings of one turn, in seconds.
+
+    ``cached_tokens`` counts the prompt tokens read from Ollama's prompt cache, when the
+    server can tell (``None`` otherwise).
+    """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -76,6 +82,7 @@ class Usage:
     prompt_seconds: float = 0.0
     eval_seconds: float = 0.0
     total_seconds: float = 0.0
+    cached_tokens: int | None = None
 
     @property
     def total_tokens(self) -> int:
