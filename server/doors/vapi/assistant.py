@@ -1,13 +1,16 @@
 """The assistant: the assistant file, and the VAPI assistant built from it.
 
 The assistant file (``ASSISTANT_FILE``) holds what VAPI's assistant gets besides the
-model, under VAPI's own field names; :func:`build_assistant` makes a custom-llm
-assistant pointing at this server from it.
+model, under VAPI's own field names, and the destinations the webhook answers with;
+:func:`build_assistant` makes a custom-llm assistant pointing at this server from it.
+The file is checked against VAPI's own limits and enums when it is read, so a value
+VAPI would refuse stops the server (or the command) at once, not a live call.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -17,11 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ...config import Config, ConfigError
 from ...tools import ToolRegistry
-from .message_types import DEFAULT_SERVER_MESSAGES, MESSAGE_TYPES
+from .destinations import check_destinations
+from .message_types import DEFAULT_SERVER_MESSAGES, SERVER_MESSAGES
 
 __all__ = [
     "WEBHOOK_PATH",
     "AssistantSpec",
+    "assistant_notes",
     "build_assistant",
     "load_assistant_spec",
     "model_url",
@@ -42,8 +47,13 @@ _ENDPOINT_ID = re.compile(r"^[A-Za-z0-9-]+$")
 class AssistantSpec(BaseModel):
     """The assistant file (``ASSISTANT_FILE``): what VAPI's assistant gets besides the model.
 
-    Field names are VAPI's. ``systemPrompt`` replaces ``--system-prompt`` in the
-    assistant; ``extra`` holds any further VAPI assistant fields, passed on as they are.
+    Field names are VAPI's, with VAPI's limits (``maxTokens`` 50 to 10000,
+    ``temperature`` 0 to 2, ``name`` at most 40 characters, ``serverMessages`` from its
+    enum). ``systemPrompt`` replaces ``--system-prompt`` in the assistant; ``extra``
+    holds any further VAPI assistant fields, passed on as they are.
+    ``transferDestinations`` and ``handoffDestinations`` are not sent to VAPI: they are
+    what the webhook answers VAPI's requests for a destination with (the first is the
+    default; see :mod:`.destinations`).
     """
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
@@ -52,12 +62,14 @@ class AssistantSpec(BaseModel):
     firstMessage: str | None = None
     systemPrompt: str | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
-    maxTokens: int | None = Field(default=None, ge=1)
+    maxTokens: int | None = Field(default=None, ge=50, le=10000)
     metadataSendMode: Literal["off", "variable", "destructured"] = "off"
     voice: dict[str, Any] | None = None
     transcriber: dict[str, Any] | None = None
     serverMessages: list[str] = Field(default_factory=lambda: list(DEFAULT_SERVER_MESSAGES))
     extra: dict[str, Any] = Field(default_factory=dict)
+    transferDestinations: list[Any] = Field(default_factory=list)
+    handoffDestinations: list[Any] = Field(default_factory=list)
 
     @field_validator("voice", "transcriber")
     @classmethod
@@ -69,10 +81,20 @@ class AssistantSpec(BaseModel):
     @field_validator("serverMessages")
     @classmethod
     def _known_messages(cls, value: list[str]) -> list[str]:
-        unknown = [kind for kind in value if kind not in MESSAGE_TYPES]
+        unknown = [kind for kind in value if kind not in SERVER_MESSAGES]
         if unknown:
-            raise ValueError(f"unknown server message types {unknown}")
+            raise ValueError(f"{unknown} are not among the values VAPI accepts (docs/vapi.md)")
         return value
+
+    @field_validator("transferDestinations")
+    @classmethod
+    def _transfer(cls, value: list[Any]) -> list[Any]:
+        return check_destinations("transfer", value)
+
+    @field_validator("handoffDestinations")
+    @classmethod
+    def _handoff(cls, value: list[Any]) -> list[Any]:
+        return check_destinations("handoff", value)
 
     @field_validator("extra")
     @classmethod
@@ -105,8 +127,9 @@ def load_assistant_spec(path: str | None) -> AssistantSpec:
         errors = exc.errors(include_url=False)
         first = errors[0]
         where = ".".join(str(part) for part in first["loc"]) or "the file"
+        reason = first["msg"].removeprefix("Value error, ")
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ConfigError(f"assistant file {path!r}: {where}: {first['msg']}{more}") from None
+        raise ConfigError(f"assistant file {path!r}: {where}: {reason}{more}") from None
 
 
 def _base_url(public_url: str) -> str:
@@ -137,6 +160,23 @@ def model_url(public_url: str) -> tuple[str, str | None]:
         return runpod_url(match.group(1)), None
     base = _base_url(public_url)
     return f"{base}/v1", f"{base}{WEBHOOK_PATH}"
+
+
+def assistant_notes(config: Config, spec: AssistantSpec, urls: Iterable[str]) -> list[str]:
+    """What the operator should know about an assistant with these URLs and settings."""
+    notes = []
+    for url in urls:
+        if urlsplit(url).scheme == "http":
+            notes.append(
+                f"warning: {url} is http://, and VAPI calls only https:// URLs: give the "
+                "public https:// URL (RunPod's proxy, or a TLS proxy in front of the server)"
+            )
+    if spec.systemPrompt is not None and config.system_prompt:
+        notes.append(
+            "--system-prompt (SYSTEM_PROMPT) is not in the assistant: the assistant file's "
+            "systemPrompt replaces it"
+        )
+    return notes
 
 
 def build_assistant(

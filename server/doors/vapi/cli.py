@@ -1,4 +1,9 @@
-"""``python -m server vapi-assistant``: print the assistant JSON for VAPI."""
+"""``python -m server vapi-assistant``: print the assistant JSON for VAPI.
+
+stdout is the assistant and nothing else; what to do next, and warnings (an
+``http://`` URL VAPI will not call, a ``--system-prompt`` the assistant file's
+``systemPrompt`` replaces), go to stderr as ``#`` lines.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,14 @@ import orjson
 
 from ...config import Config, ConfigError, parse_config
 from ...tools import ToolRegistry, load_tools
-from .assistant import build_assistant, load_assistant_spec, model_url, runpod_url
-from .auth import WebhookAuth
+from .assistant import (
+    assistant_notes,
+    build_assistant,
+    load_assistant_spec,
+    model_url,
+    runpod_url,
+)
+from .auth import HmacPlan, WebhookAuth
 
 __all__ = ["vapi_assistant"]
 
@@ -62,28 +73,30 @@ def vapi_assistant(argv: Sequence[str]) -> int:
             llm_url, webhook_url = model_url(config.public_url)
         else:
             raise ConfigError("give --public-url URL (or PUBLIC_URL) or --serverless ENDPOINT_ID")
+        auth = WebhookAuth(config)
+        tools = load_tools(config.tools_module) if config.tools_module else ToolRegistry()
     except ConfigError as exc:
         print(f"python -m server vapi-assistant: error: {exc}", file=sys.stderr)
         return 2
-    auth = WebhookAuth(config.vapi_secret, config.vapi_hmac_secret, config.vapi_hmac_max_skew)
     server = None
     if webhook_url is not None and auth.enabled:
         credential = args.webhook_credential_id or _CREDENTIAL_PLACEHOLDER
         server = {"url": webhook_url, "credentialId": credential}
-    tools = load_tools(config.tools_module) if config.tools_module else ToolRegistry()
     assistant = build_assistant(config, spec, llm_url, tools, server)
     print(orjson.dumps(assistant, option=orjson.OPT_INDENT_2).decode())
-    for line in _hints(config, llm_url, webhook_url, server, serverless=args.serverless):
+    urls = [llm_url] if server is None else [llm_url, server["url"]]
+    notes = assistant_notes(config, spec, urls)
+    for line in [*notes, *_hints(config, auth, llm_url, webhook_url, server, args.serverless)]:
         print(f"# {line}", file=sys.stderr)
     return 0
 
 
 def _hints(
     config: Config,
+    auth: WebhookAuth,
     llm_url: str,
     webhook_url: str | None,
     server: dict[str, Any] | None,
-    *,
     serverless: str | None,
 ) -> list[str]:
     """What to do next, for stderr: credentials, the webhook, and posting the assistant."""
@@ -106,15 +119,13 @@ def _hints(
         """-d '{"provider": "custom-llm", "apiKey": "<key>"}'"""
     )
     if server is not None and server["credentialId"] == _CREDENTIAL_PLACEHOLDER:
-        if config.vapi_hmac_secret:
-            kind = (
-                "an HMAC credential (SHA256, signature header x-signature, timestamp header "
-                "x-timestamp, payload {timestamp}.{body}, hex) with VAPI_HMAC_SECRET"
-            )
+        if auth.hmac is not None:
+            kind = f"an HMAC credential ({_describe(auth.hmac)}) with VAPI_HMAC_SECRET"
         else:
+            header = config.vapi_secret_header_name or "Authorization"
             kind = (
-                "a Bearer Token credential with VAPI_SECRET (header Authorization with the "
-                "Bearer prefix, or header X-Vapi-Secret without it)"
+                f"a Bearer Token credential with VAPI_SECRET (header {header}, with or "
+                "without the Bearer prefix)"
             )
         hints.append(
             f"The webhook {webhook_url} needs {kind}: create it in VAPI's dashboard and put "
@@ -136,3 +147,22 @@ def _hints(
         "-d @assistant.json"
     )
     return hints
+
+
+def _describe(plan: HmacPlan) -> str:
+    """The HMAC credential's fields as VAPI's dashboard asks for them."""
+    fields = [
+        f"algorithm {plan.algorithm}",
+        f"signature header {plan.signature_headers[0].decode()}",
+    ]
+    if plan.include_timestamp:
+        fields.append(f"timestamp header {plan.timestamp_headers[0].decode()}")
+    else:
+        fields.append("no timestamp")
+    fields.append(f"payload format {plan.payload_format}")
+    if plan.message_id_header is not None:
+        fields.append(f"message id header {plan.message_id_header.decode()}")
+    if plan.prefix is not None:
+        fields.append(f"signature prefix {plan.prefix.decode()}")
+    fields.append("hex or base64 encoding")
+    return ", ".join(fields)

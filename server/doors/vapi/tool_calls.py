@@ -1,4 +1,10 @@
-"""The tool calls of a ``tool-calls`` message, and the results VAPI expects for them."""
+"""The calls of ``tool-calls`` (and legacy ``function-call``) messages, and their results.
+
+VAPI sends ``{"toolCallList": [{id, type, function: {name, arguments}}]}``; its docs also
+show ``{id, name, arguments}`` and ``{id, name, parameters}``. The legacy
+``function-call`` message carries one ``{"functionCall": {name, parameters}}``. Arguments
+may be a JSON object or a JSON string of one.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ...chat.request import field_error
 from ...core.errors import ServiceError
-from ...tools import ToolOutcome
+from ...tools import ToolOutcome, ToolRegistry
 
-__all__ = ["Call", "parse_calls", "result"]
+__all__ = ["Call", "parse_calls", "parse_function_call", "result", "run"]
 
 
 class _Model(BaseModel):
@@ -22,12 +28,10 @@ class _Model(BaseModel):
 class _Function(_Model):
     name: str = Field(min_length=1)
     arguments: dict[str, Any] | str | None = None
-    parameters: dict[str, Any] | None = None
+    parameters: dict[str, Any] | str | None = None
 
 
 class _ToolCall(_Model):
-    # VAPI sends {id, type, function: {name, arguments}}; its docs also show
-    # {id, name, arguments} and {id, name, parameters}.
     id: str = Field(min_length=1)
     function: _Function | None = None
     name: str | None = Field(default=None, min_length=1)
@@ -39,8 +43,14 @@ class _ToolCalls(_Model):
     toolCallList: list[_ToolCall]
 
 
+class _FunctionCall(_Model):
+    functionCall: _Function
+
+
 _FIELD_NAMES = frozenset(
-    name for model in (_Function, _ToolCall, _ToolCalls) for name in model.model_fields
+    name
+    for model in (_Function, _ToolCall, _ToolCalls, _FunctionCall)
+    for name in model.model_fields
 )
 
 
@@ -54,6 +64,19 @@ class Call:
     problem: str | None = None
 
 
+def _call(call_id: str, name: str, *given: dict[str, Any] | str | None) -> Call:
+    """The call with the first arguments given, decoded from JSON if need be."""
+    raw = next((value for value in given if value is not None), None)
+    if isinstance(raw, str):
+        try:
+            raw = orjson.loads(raw) if raw.strip() else {}
+        except orjson.JSONDecodeError:
+            return Call(call_id, name, None, "the arguments are not valid JSON")
+    if raw is not None and not isinstance(raw, dict):
+        return Call(call_id, name, None, "the arguments are not a JSON object")
+    return Call(call_id, name, raw or {})
+
+
 def parse_calls(message: dict[str, Any]) -> list[Call]:
     """The tool calls of a ``tool-calls`` message; raises a 400 naming a bad field."""
     try:
@@ -62,37 +85,45 @@ def parse_calls(message: dict[str, Any]) -> list[Call]:
         raise field_error(exc, _FIELD_NAMES, "message.") from None
     calls = []
     for i, item in enumerate(parsed.toolCallList):
-        name = item.function.name if item.function is not None else item.name
+        function = item.function
+        name = function.name if function is not None else item.name
         if name is None:
             param = f"message.toolCallList.{i}.function.name"
             raise ServiceError(400, "invalid_value", f"'{param}' is required", param=param)
-        raw: dict[str, Any] | str | None = None
-        for value in (
-            item.function.arguments if item.function else None,
-            item.function.parameters if item.function else None,
-            item.arguments,
-            item.parameters,
-        ):
-            if value is not None:
-                raw = value
-                break
-        if isinstance(raw, str):
-            try:
-                raw = orjson.loads(raw) if raw.strip() else {}
-            except orjson.JSONDecodeError:
-                calls.append(Call(item.id, name, None, "the arguments are not valid JSON"))
-                continue
-        if raw is not None and not isinstance(raw, dict):
-            calls.append(Call(item.id, name, None, "the arguments are not a JSON object"))
-            continue
-        calls.append(Call(item.id, name, raw or {}))
+        calls.append(
+            _call(
+                item.id,
+                name,
+                function.arguments if function else None,
+                function.parameters if function else None,
+                item.arguments,
+                item.parameters,
+            )
+        )
     return calls
 
 
+def parse_function_call(message: dict[str, Any]) -> Call:
+    """The call of a legacy ``function-call`` message; raises a 400 naming a bad field."""
+    try:
+        function = _FunctionCall.model_validate(message).functionCall
+    except ValidationError as exc:
+        raise field_error(exc, _FIELD_NAMES, "message.") from None
+    return _call("", function.name, function.parameters, function.arguments)
+
+
+async def run(tools: ToolRegistry, call: Call) -> ToolOutcome:
+    """Run one call with the registry; unusable arguments are its error."""
+    if call.arguments is None:
+        return ToolOutcome(error=call.problem)
+    return await tools.call(call.name, call.arguments)
+
+
 def result(call: Call, outcome: ToolOutcome) -> dict[str, Any]:
-    result: dict[str, Any] = {"name": call.name, "toolCallId": call.id}
+    """One entry of a ``tool-calls`` answer: ``{name, toolCallId, result | error}``."""
+    entry: dict[str, Any] = {"name": call.name, "toolCallId": call.id}
     if outcome.error is not None:
-        result["error"] = outcome.error
+        entry["error"] = outcome.error
     else:
-        result["result"] = outcome.result
-    return result
+        entry["result"] = outcome.result
+    return entry
