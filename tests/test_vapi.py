@@ -35,6 +35,7 @@ from .vapi_bodies import (
     SECRET,
     SPANISH_DESK,
     TRANSFER_REQUEST,
+    TRANSFER_TOOL,
     assert_error,
     assert_serving,
     envelope,
@@ -97,6 +98,7 @@ def test_assistant_request_gets_a_custom_llm_assistant_pointing_here(vapi_server
                         "content": "You are the receptionist of Riverside Dental. Be brief.",
                     }
                 ],
+                "tools": [TRANSFER_TOOL],
             },
             "voice": {"provider": "vapi", "voiceId": "Elliot"},
             "transcriber": {"provider": "deepgram", "model": "nova-3", "language": "en"},

@@ -73,6 +73,8 @@ TRANSFER_NUMBER = {"type": "number", "number": "+15555550100"}
         ),
         ({"voice": {"voiceId": "Elliot"}}, "voice: needs a 'provider' string, as VAPI requires"),
         ({"extra": {"model": {}}}, "extra: ['model'] are set by the server"),
+        ({"tools": [{"function": {"name": "x"}}]}, "tools: item 0 needs a 'type' string"),
+        ({"toolIds": "abc"}, "toolIds: Input should be a valid list"),
         ({"firstMesage": "Hi"}, "firstMesage: Extra inputs are not permitted"),
         (
             {"transferDestinations": [{"type": "phone", "number": "+15555550100"}]},
@@ -112,6 +114,22 @@ def test_each_limit_of_the_assistant_file_is_a_one_line_error(
     assert "\n" not in message
     assert message.startswith(f"assistant file '{path}': ")
     assert reason in message
+
+
+def test_tools_of_the_file_follow_the_registrys(tmp_path: Path) -> None:
+    path = tmp_path / "assistant.json"
+    end_call = {"type": "endCall"}
+    path.write_text(json.dumps({"tools": [end_call], "toolIds": ["tool-7"]}))
+    done = run_command(
+        "--public-url", PUBLIC_URL,
+        "--assistant-file", str(path),
+        "--tools-module", "tests.test_vapi_tools",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    model = json.loads(done.stdout)["model"]
+    assert model["tools"][0]["function"]["name"] == "book_cleaning"
+    assert model["tools"][-1] == end_call
+    assert model["toolIds"] == ["tool-7"]
 
 
 def test_values_at_vapis_limits_are_accepted(tmp_path: Path) -> None:
@@ -195,6 +213,8 @@ def test_command_prints_the_assistant_for_a_pod(assistant_file: Path) -> None:
     }
     assert "transferDestinations" not in assistant
     assert "handoffDestinations" not in assistant
+    assert assistant["model"]["tools"] == ASSISTANT_SPEC["tools"]
+    assert "toolIds" not in assistant["model"]
     assert SECRET not in done.stdout
     assert all(line.startswith("# ") for line in done.stderr.splitlines())
     assert '"provider": "custom-llm"' in done.stderr

@@ -30,6 +30,9 @@ BILLING = {"type": "sip", "sipUri": "sip:billing@pbx.example.com"}
 SCHEDULER = {"type": "assistant", "assistantName": "Scheduler"}
 SPANISH_DESK = {"type": "assistant", "assistantId": "7f3c2a10-5b4d-4e6f-8a9b-0c1d2e3f4a5b"}
 
+# A transfer tool without destinations: VAPI asks the webhook for one.
+TRANSFER_TOOL = {"type": "transferCall", "destinations": [], "function": {"name": "transferCall"}}
+
 ASSISTANT_SPEC: dict[str, Any] = {
     "name": "Front desk",
     "firstMessage": "Hello, thanks for calling Riverside Dental.",
@@ -39,6 +42,7 @@ ASSISTANT_SPEC: dict[str, Any] = {
     "voice": {"provider": "vapi", "voiceId": "Elliot"},
     "transcriber": {"provider": "deepgram", "model": "nova-3", "language": "en"},
     "extra": {"silenceTimeoutSeconds": 30},
+    "tools": [TRANSFER_TOOL],
     "transferDestinations": [FRONT_DESK, BILLING],
     "handoffDestinations": [SCHEDULER, SPANISH_DESK],
 }

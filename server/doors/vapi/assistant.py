@@ -49,8 +49,10 @@ class AssistantSpec(BaseModel):
 
     Field names are VAPI's, with VAPI's limits (``maxTokens`` 50 to 10000,
     ``temperature`` 0 to 2, ``name`` at most 40 characters, ``serverMessages`` from its
-    enum). ``systemPrompt`` replaces ``--system-prompt`` in the assistant; ``extra``
-    holds any further VAPI assistant fields, passed on as they are.
+    enum). ``systemPrompt`` replaces ``--system-prompt`` in the assistant; ``tools``
+    (VAPI's own tool objects, such as ``transferCall``) and ``toolIds`` go into its
+    model, after the registry's tools; ``extra`` holds any further VAPI assistant
+    fields, passed on as they are.
     ``transferDestinations`` and ``handoffDestinations`` are not sent to VAPI: they are
     what the webhook answers VAPI's requests for a destination with (the first is the
     default; see :mod:`.destinations`).
@@ -68,6 +70,8 @@ class AssistantSpec(BaseModel):
     transcriber: dict[str, Any] | None = None
     serverMessages: list[str] = Field(default_factory=lambda: list(DEFAULT_SERVER_MESSAGES))
     extra: dict[str, Any] = Field(default_factory=dict)
+    tools: list[dict[str, Any]] = Field(default_factory=list)
+    toolIds: list[str] = Field(default_factory=list)
     transferDestinations: list[Any] = Field(default_factory=list)
     handoffDestinations: list[Any] = Field(default_factory=list)
 
@@ -84,6 +88,14 @@ class AssistantSpec(BaseModel):
         unknown = [kind for kind in value if kind not in SERVER_MESSAGES]
         if unknown:
             raise ValueError(f"{unknown} are not among the values VAPI accepts (docs/vapi.md)")
+        return value
+
+    @field_validator("tools")
+    @classmethod
+    def _typed(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for i, tool in enumerate(value):
+            if not isinstance(tool.get("type"), str):
+                raise ValueError(f"item {i} needs a 'type' string, as VAPI requires")
         return value
 
     @field_validator("transferDestinations")
@@ -203,8 +215,10 @@ def build_assistant(
     prompt = spec.systemPrompt if spec.systemPrompt is not None else config.system_prompt
     if prompt:
         model["messages"] = [{"role": "system", "content": prompt}]
-    if len(tools):
-        model["tools"] = tools.definitions()
+    if len(tools) or spec.tools:
+        model["tools"] = [*tools.definitions(), *spec.tools]
+    if spec.toolIds:
+        model["toolIds"] = list(spec.toolIds)
     assistant: dict[str, Any] = {"name": spec.name}
     if spec.firstMessage is not None:
         assistant["firstMessage"] = spec.firstMessage
