@@ -89,6 +89,19 @@ class Config:
     # Where max_concurrency came from: --max-concurrency, MAX_CONCURRENCY,
     # OLLAMA_NUM_PARALLEL or default.
     max_concurrency_from: str = "default"
+    # The webhook's credential, named after VAPI's BearerAuthenticationPlan and
+    # HMACAuthenticationPlan fields, and its answers that come from configuration.
+    vapi_secret_header_name: str | None = None
+    vapi_hmac_algorithm: str = "sha256"
+    vapi_hmac_signature_header: str = "x-signature"
+    vapi_hmac_timestamp_header: str = "x-timestamp"
+    vapi_hmac_signature_prefix: str | None = None
+    vapi_hmac_include_timestamp: bool = True
+    vapi_hmac_payload_format: str = "{timestamp}.{body}"
+    vapi_hmac_message_id_header: str | None = None
+    vapi_hmac_secret_is_base64: bool = False
+    vapi_endpointing_timeout: float = 0.5
+    vapi_campaign_eligible: bool = True
 
     @property
     def load_options(self) -> dict[str, int]:
@@ -147,8 +160,18 @@ def _ollama_url(value: str) -> str:
     return url if port is not None else f"http://{parts.netloc}:11434"
 
 
+def _boolean(value: str) -> bool:
+    """``true``/``false`` (also ``1``/``0``, ``yes``/``no``, ``on``/``off``)."""
+    text = value.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{value!r} is not true or false")
+
+
 # (flag, environment variable, type, help); the default comes from Config.
-_SETTINGS: list[tuple[str, str, type, str]] = [
+_SETTINGS: list[tuple[str, str, Any, str]] = [
     ("host", "HOST", str, "address to listen on"),
     ("port", "PORT", int, "port for HTTP and websockets"),
     ("health_port", "PORT_HEALTH", int, "a second port serving every route, for health checkers"),
@@ -201,7 +224,7 @@ _SETTINGS: list[tuple[str, str, type, str]] = [
     ("log_format", "LOG_FORMAT", str, "json (one object per line) or text"),
     ("public_url", "PUBLIC_URL", str, "this server's public base URL, for VAPI's assistant"),
     ("vapi_secret", "VAPI_SECRET", str, "webhook secret: x-vapi-secret header or bearer"),
-    ("vapi_hmac_secret", "VAPI_HMAC_SECRET", str, "webhook HMAC-SHA256 signing secret"),
+    ("vapi_hmac_secret", "VAPI_HMAC_SECRET", str, "webhook HMAC signing secret (secretKey)"),
     ("vapi_hmac_max_skew", "VAPI_HMAC_MAX_SKEW", float, "seconds a signed webhook may be off"),
     ("assistant_file", "ASSISTANT_FILE", str, "JSON file: first message, voice, transcriber"),
     ("tools_module", "TOOLS_MODULE", str, "module whose 'tools' registry serves VAPI tool calls"),
@@ -216,6 +239,43 @@ _SETTINGS: list[tuple[str, str, type, str]] = [
     ("fallback_message", "FALLBACK_MESSAGE", str, "sentence spoken when a turn cannot start"),
     ("hold_message", "HOLD_MESSAGE", str, "sentence spoken while a slow first token is awaited"),
     ("hold_after", "HOLD_AFTER", float, "seconds without a first token before the hold message"),
+    # VAPI's webhook credential: BearerAuthenticationPlan.headerName, HMACAuthenticationPlan.*
+    ("vapi_secret_header_name", "VAPI_SECRET_HEADER_NAME", str, "another header with VAPI_SECRET"),
+    ("vapi_hmac_algorithm", "VAPI_HMAC_ALGORITHM", str, "webhook HMAC: sha256, sha512 or sha1"),
+    ("vapi_hmac_signature_header", "VAPI_HMAC_SIGNATURE_HEADER", str, "webhook HMAC header"),
+    ("vapi_hmac_timestamp_header", "VAPI_HMAC_TIMESTAMP_HEADER", str, "webhook timestamp header"),
+    ("vapi_hmac_signature_prefix", "VAPI_HMAC_SIGNATURE_PREFIX", str, "text before the HMAC"),
+    (
+        "vapi_hmac_include_timestamp",
+        "VAPI_HMAC_INCLUDE_TIMESTAMP",
+        _boolean,
+        "whether the webhook HMAC signs a timestamp",
+    ),
+    ("vapi_hmac_payload_format", "VAPI_HMAC_PAYLOAD_FORMAT", str, "what the webhook HMAC signs"),
+    (
+        "vapi_hmac_message_id_header",
+        "VAPI_HMAC_MESSAGE_ID_HEADER",
+        str,
+        "header of the message id that {svix-id} signs",
+    ),
+    (
+        "vapi_hmac_secret_is_base64",
+        "VAPI_HMAC_SECRET_IS_BASE64",
+        _boolean,
+        "whether VAPI_HMAC_SECRET is base64 of the key",
+    ),
+    (
+        "vapi_endpointing_timeout",
+        "VAPI_ENDPOINTING_TIMEOUT",
+        float,
+        "seconds answered to call.endpointing.request (0 to 15)",
+    ),
+    (
+        "vapi_campaign_eligible",
+        "VAPI_CAMPAIGN_ELIGIBLE",
+        _boolean,
+        "what campaign.predial is answered",
+    ),
 ]
 
 ROUTING_POLICIES = ("pinned", "least-loaded", "round-robin")
@@ -374,7 +434,7 @@ def config_from(args: argparse.Namespace, env: Mapping[str, str] | None = None) 
             try:
                 value = kind(env[env_name])
             except ValueError:
-                expected = "a whole number" if kind is int else "a number"
+                expected = {int: "a whole number", _boolean: "true or false"}.get(kind, "a number")
                 raise ConfigError(f"{env_name}={env[env_name]!r} is not {expected}") from None
         if value is not None:
             values[name] = value

@@ -25,8 +25,10 @@ with :func:`load_tools`::
 
 A tool's result and errors go back to the model, which speaks them: raise
 :class:`ToolError` to give it a message, any other exception gives it a generic one
-(the exception is logged here). Registered tools are also declared in the assistant
-the server builds, so the model knows their names and parameters.
+(the exception is logged here). Results and errors are single lines, as VAPI needs
+them (a line break in a result breaks its parsing): :func:`single_line`. Registered
+tools are also declared in the assistant the server builds, so the model knows their
+names and parameters.
 """
 
 from __future__ import annotations
@@ -44,7 +46,15 @@ import orjson
 
 from .config import ConfigError
 
-__all__ = ["DEFAULT_TIMEOUT", "Tool", "ToolError", "ToolOutcome", "ToolRegistry", "load_tools"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "Tool",
+    "ToolError",
+    "ToolOutcome",
+    "ToolRegistry",
+    "load_tools",
+    "single_line",
+]
 
 log = logging.getLogger("server.tools")
 
@@ -58,13 +68,21 @@ F = TypeVar("F", bound=ToolFunction)
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
+def single_line(text: str) -> str:
+    """``text`` on one line: each line break, with the blanks around it, becomes a space."""
+    lines = text.splitlines()
+    if not lines or lines == [text]:
+        return text
+    return " ".join(line.strip() for line in lines if line and not line.isspace())
+
+
 class ToolError(Exception):
     """Raised by a tool to give the model this message as the call's error."""
 
 
 @dataclass(frozen=True, slots=True)
 class ToolOutcome:
-    """What one call gave: ``result`` text, or ``error`` text."""
+    """What one call gave: ``result`` text, or ``error`` text (each one line)."""
 
     result: str | None = None
     error: str | None = None
@@ -163,7 +181,7 @@ class ToolRegistry:
             async with asyncio.timeout(tool.timeout) as deadline:
                 value = await tool.function(arguments)
         except ToolError as exc:
-            return ToolOutcome(error=str(exc) or f"tool {name} failed")
+            return ToolOutcome(error=single_line(str(exc)) or f"tool {name} failed")
         except TimeoutError:
             if not deadline.expired():
                 log.exception("tool %s failed", name)
@@ -174,8 +192,9 @@ class ToolRegistry:
             log.exception("tool %s failed", name)
             return ToolOutcome(error=f"tool {name} failed")
         if isinstance(value, str):
-            return ToolOutcome(result=value)
+            return ToolOutcome(result=single_line(value))
         try:
+            # orjson writes no line breaks: those inside strings are escaped.
             return ToolOutcome(result=orjson.dumps(value).decode())
         except TypeError:
             log.error("tool %s returned a %s, which is not JSON", name, type(value).__name__)

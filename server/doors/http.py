@@ -72,10 +72,9 @@ class App:
         self._websocket = WebSocketEndpoint(config, engine)
         tools = load_tools(config.tools_module) if config.tools_module else None
         self.vapi = VapiWebhook(config, tools)
+        answers = self.vapi.answers
         engine.prime(
-            priming_turns(
-                (self.vapi.system_prompt, config.system_prompt), self.vapi.tools.definitions()
-            )
+            priming_turns((answers.system_prompt, config.system_prompt), answers.model_tools)
         )
         self.metrics = Metrics(engine, lambda: self.vapi.counts)
         # path -> (method, handler, whether the API key is required)

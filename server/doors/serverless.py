@@ -12,6 +12,11 @@ yielded item is one awaited POST to RunPod. Inputs (``job["input"]``):
   the role chunk first (sent while Ollama reads the prompt), whatever ``stream`` says.
 - ``{"type": "chat", "message": "Hello"}`` or ``{"prompt": "Hello"}``: one user message
   (other OpenAI fields such as ``max_tokens`` may sit beside it), answered as chunks.
+- ``{"type": "vapi_webhook", "webhook_data": {"message": {...}}}``: a VAPI server
+  message (the body VAPI posts to a server URL, as an object or its JSON text), answered
+  by the HTTP server's webhook code (:class:`server.doors.vapi.WebhookAnswers`) as one
+  item, ``{"webhook_response": <what VAPI expects>}``. RunPod's API key is the auth;
+  the answer is wrapped because VAPI's own answers may carry an ``error`` key.
 
 A chat body or message may carry ``"call_id"``: the turns of one call then stay on the
 Ollama that holds its prompt (with several Ollamas), and its log lines carry that id.
@@ -47,6 +52,8 @@ from contextlib import aclosing
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+import orjson
+
 from ..chat.prime import priming_turns
 from ..chat.render import DONE, ChunkRenderer, collect_completion, models_list, sse
 from ..chat.request import CHAT_PATHS, MODELS_PATHS, ChatRequest, parse_chat_request
@@ -55,6 +62,8 @@ from ..core.engine import Engine
 from ..core.errors import ServiceError
 from ..core.events import Event, Failure, Finish, TextDelta, Turn
 from ..ops.logs import log_ready, setup_logging
+from ..tools import load_tools
+from .vapi import WebhookAnswers
 
 __all__ = ["Worker", "current_worker", "handler", "main"]
 
@@ -63,8 +72,8 @@ log = logging.getLogger("handler")
 EXPECTED_INPUT = (
     'expected an OpenAI chat body {"messages": [...]}, RunPod\'s OpenAI route '
     '{"openai_route": "/v1/chat/completions", "openai_input": {...}} or '
-    '{"openai_route": "/v1/models"}, or {"type": "chat", "message": "..."} '
-    '(or {"prompt": "..."})'
+    '{"openai_route": "/v1/models"}, {"type": "chat", "message": "..."} '
+    '(or {"prompt": "..."}), or {"type": "vapi_webhook", "webhook_data": {"message": ...}}'
 )
 
 # Seconds between checks while the worker waits for the model at startup.
@@ -73,7 +82,7 @@ _STARTUP_RETRY = 0.5
 # Its own default, DEBUG, logs every streamed item: the answers' text.
 _RUNPOD_LOG_LEVELS = {"debug": "DEBUG", "info": "INFO", "warning": "WARN", "error": "ERROR"}
 
-Output = Literal["models", "sse", "completion", "chunks"]
+Output = Literal["models", "sse", "completion", "chunks", "webhook"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +92,7 @@ class _Job:
     output: Output
     request: ChatRequest | None = None
     turn: Turn | None = None
+    webhook: object = None
 
 
 def _bad_input(message: str, param: str | None = None) -> ServiceError:
@@ -115,6 +125,8 @@ def _parse_input(data: object, config: Config, turn_id: str | None) -> _Job:
         turn = request.to_turn(config.system_prompt, turn_id)
         return _Job("sse" if request.stream else "completion", request, turn)
     kind = data.get("type", "chat")
+    if kind == "vapi_webhook":
+        return _Job("webhook", webhook=_webhook_data(data))
     if kind != "chat":
         raise _bad_input(f"input type {kind!r} is not served: {EXPECTED_INPUT}", param="type")
     if "messages" not in data:
@@ -135,6 +147,22 @@ def _parse_input(data: object, config: Config, turn_id: str | None) -> _Job:
         # The caller's own id for the conversation: its turns stay where its prompt is cached.
         turn = replace(turn, call_id=turn.call_id or call_id, call_key=call_id)
     return _Job("chunks", request, turn)
+
+
+def _webhook_data(data: dict[str, Any]) -> object:
+    """A webhook job's body: ``webhook_data``, an object or the JSON text of one."""
+    body = data.get("webhook_data")
+    if isinstance(body, str):
+        try:
+            body = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            body = None
+    if not isinstance(body, dict):
+        raise _bad_input(
+            'webhook_data must be the body VAPI posts, {"message": {"type": ...}}',
+            param="webhook_data",
+        )
+    return body
 
 
 def _take(item: Event | Exception) -> Event:
@@ -254,9 +282,12 @@ class Worker:
     """
 
     def __init__(self, config: Config) -> None:
+        """Raises :class:`ConfigError` when the assistant file or tools module is invalid."""
         self.config = config
         self._engine: Engine | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        tools = load_tools(config.tools_module) if config.tools_module else None
+        self.webhooks = WebhookAnswers(config, tools)
 
     def concurrency(self, current: int) -> int:
         """The SDK's ``concurrency_modifier``: the slots of every Ollama together."""
@@ -272,7 +303,9 @@ class Worker:
         engine = self._engine
         if engine is None or self._loop is not loop:
             engine = self._engine = Engine(self.config)
-            engine.prime(priming_turns((self.config.system_prompt,), []))
+            answers = self.webhooks
+            prompts = (answers.system_prompt, self.config.system_prompt)
+            engine.prime(priming_turns(prompts, answers.model_tools))
             self._loop = loop
             await engine.start()
             closer = loop.create_task(_close_with_loop(engine), name="close-engine")
@@ -331,6 +364,14 @@ class Worker:
             return
         if job.output == "models":
             yield models_list(self.config.model)
+            return
+        if job.output == "webhook":
+            try:
+                answer = await self.webhooks.answer(job.webhook)
+            except ServiceError as exc:
+                yield _failed(exc)
+                return
+            yield {"webhook_response": answer}
             return
         assert job.request is not None
         assert job.turn is not None
@@ -453,10 +494,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         config = parse_config(argv=[], env=os.environ)
+        setup_logging(config)
+        worker = Worker(config)
     except ConfigError as exc:
         print(f"handler.py: error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(config)
     if "RUNPOD_LOG_LEVEL" not in os.environ and "RUNPOD_DEBUG_LEVEL" not in os.environ:
         os.environ["RUNPOD_LOG_LEVEL"] = _RUNPOD_LOG_LEVELS[config.log_level]
 
@@ -471,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import runpod
 
     global _worker
-    worker = _worker = Worker(config)
+    _worker = worker
     if problem is not None:
         log.error(
             "%s after %g s: serving anyway; jobs fail with this reason until it is ready",

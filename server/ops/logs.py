@@ -8,9 +8,6 @@ A record carries fields as ``extra={"fields": {...}}``::
 
     log.info("turn", extra={"fields": {"turn_id": "t-1", "outcome": "ok"}})
 
-A ``server.turn`` message that is itself a JSON object is read as the fields, its
-``event`` as the message (and its ``ts`` dropped for the line's own).
-
 uvicorn's loggers go through the same handler. Its websocket handshake lines are
 dropped: they are access-log lines (written whatever ``access_log`` says) and carry
 the URL's query string, which may hold the API key; rejections are logged by
@@ -38,19 +35,8 @@ _rejections = logging.getLogger("server.rejected")
 
 def _fields(record: logging.LogRecord) -> tuple[str, dict[str, Any]]:
     """A record's message and fields."""
-    message = record.getMessage()
     fields: dict[str, Any] | None = getattr(record, "fields", None)
-    if fields is not None:
-        return message, fields
-    if message.startswith("{") and (record.name + ".").startswith("server.turn."):
-        try:
-            data = orjson.loads(message)
-        except orjson.JSONDecodeError:
-            return message, {}
-        if isinstance(data, dict):
-            data.pop("ts", None)
-            return str(data.pop("event", "")), data
-    return message, {}
+    return record.getMessage(), fields or {}
 
 
 def _text_value(value: Any) -> str:
