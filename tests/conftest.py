@@ -172,10 +172,14 @@ def start_server(ollama_url: str, *args: str, wait_warm: bool = True, **env: str
 
 @pytest.fixture(scope="session")
 def fake() -> Iterator[FakeOllama]:
-    """A fast simulator shared by the session: 5 ms to first token, 2 ms between tokens."""
+    """A fast simulator shared by the session: 5 ms to first token, 2 ms between tokens.
+
+    Its mid-stream errors leave the model loaded (``--no-crash-on-error``), so one
+    test's ``[[error-after:N]]`` does not make the next one load it again.
+    """
     process = start_fake(
         "--model", MODEL, "--ttft", "5", "--itl", "2", "--tokens", "12", "--load-ms", "20",
-        "--parallel", "16",
+        "--parallel", "16", "--no-crash-on-error",
     )  # fmt: skip
     yield process
     process.stop()

@@ -11,47 +11,21 @@ from typing import TYPE_CHECKING, Final
 
 from .connection import TEXT_PLAIN, Connection
 from .generation import Generation, LoadReply, done_object
+from .profiles import profile_for
 from .replies import Directives, Inference, parse_inference, plan_reply
-from .wire import HttpError, JsonObject, canonical_name, decode_body, go_local_time, json_field
+from .scheduler import LOAD_ERROR
+from .wire import HttpError, canonical_name, decode_body, go_local_time, json_field
 
 if TYPE_CHECKING:
     from .server import FakeOllama, Routes
 
 BUSY_MESSAGE: Final = "server busy, please try again.  maximum pending requests exceeded"
-
-# What the simulated models report about themselves (a llama3.1:8b Q4_K_M).
-_MODEL_SIZE: Final = 4_920_753_328
-_KV_BYTES_PER_TOKEN: Final = 131_072
 _MODIFIED_AT: Final = "2025-10-01T09:30:12.418273915Z"
-_DETAILS: Final[JsonObject] = {
-    "parent_model": "",
-    "format": "gguf",
-    "family": "llama",
-    "families": ["llama"],
-    "parameter_size": "8.0B",
-    "quantization_level": "Q4_K_M",
+_STOPS: Final[dict[str, tuple[str, ...]]] = {
+    "llama3": ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+    "chatml": ("<|im_start|>", "<|im_end|>"),
+    "harmony": ("<|return|>", "<|call|>"),
 }
-_TEMPLATE: Final = (
-    "{{- range $i, $_ := .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n"
-    "{{ .Content }}<|eot_id|>{{ end }}<|start_header_id|>assistant<|end_header_id|>\n\n"
-)
-_STOPS: Final = ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
-_PARAMETERS: Final = "\n".join(f'{"stop":<30} "{stop}"' for stop in _STOPS)
-_MODEL_INFO: Final[JsonObject] = {
-    "general.architecture": "llama",
-    "general.basename": "Meta-Llama-3.1",
-    "general.file_type": 15,
-    "general.parameter_count": 8_030_261_248,
-    "general.quantization_version": 2,
-    "llama.attention.head_count": 32,
-    "llama.attention.head_count_kv": 8,
-    "llama.block_count": 32,
-    "llama.context_length": 131_072,
-    "llama.embedding_length": 4096,
-    "llama.feed_forward_length": 14_336,
-    "llama.vocab_size": 128_256,
-}
-_CAPABILITIES: Final = ["completion", "tools"]
 
 
 def _digest(model: str) -> str:
@@ -68,17 +42,24 @@ def _version(sim: FakeOllama, conn: Connection, body: bytes) -> None:
 
 
 def _tags(sim: FakeOllama, conn: Connection, body: bytes) -> None:
-    models = [
-        {
-            "name": name,
-            "model": name,
-            "modified_at": _MODIFIED_AT,
-            "size": _MODEL_SIZE,
-            "digest": _digest(name),
-            "details": _DETAILS,
-        }
-        for name in sim.config.models
-    ]
+    models = []
+    for name in sim.config.models:
+        profile = profile_for(name, sim.config)
+        models.append(
+            {
+                "name": name,
+                "model": name,
+                "modified_at": _MODIFIED_AT,
+                "size": profile.size,
+                "digest": _digest(name),
+                "details": {
+                    **profile.details,
+                    "context_length": profile.context_length,
+                    "embedding_length": profile.embedding_length,
+                },
+                "capabilities": list(profile.capabilities),
+            }
+        )
     conn.respond_json(200, {"models": models})
 
 
@@ -86,14 +67,15 @@ def _ps(sim: FakeOllama, conn: Connection, body: bytes) -> None:
     loaded = sim.host.loaded
     models = []
     if loaded is not None:
-        size = _MODEL_SIZE + loaded.options.num_ctx * _KV_BYTES_PER_TOKEN
+        profile = loaded.profile
+        size = profile.size + loaded.options.num_ctx * profile.kv_bytes_per_token
         models.append(
             {
                 "name": loaded.model,
                 "model": loaded.model,
                 "size": size,
                 "digest": _digest(loaded.model),
-                "details": _DETAILS,
+                "details": profile.details,
                 "expires_at": go_local_time(sim.host.expires_at()),
                 "size_vram": size,
                 "context_length": loaded.options.num_ctx,
@@ -109,33 +91,48 @@ def _show(sim: FakeOllama, conn: Connection, raw: bytes) -> None:
         model = model or json_field(body, "name", str, "ShowRequest", "string") or ""
         if not model:
             raise HttpError(400, "model is required")
-        canonical = canonical_name(model)
-        if canonical not in {canonical_name(name) for name in sim.config.models}:
-            raise HttpError(404, f"model '{model}' not found")
+        shown = _display_name(model, sim.config.models)
+        if canonical_name(shown) not in {canonical_name(name) for name in sim.config.models}:
+            raise HttpError(404, f"model '{shown}' not found")
     except HttpError as error:
         conn.respond_json(error.status, {"error": error.message})
         return
-    digest = _digest(canonical)
+    profile = profile_for(shown, sim.config)
+    digest = _digest(canonical_name(shown))
+    stops = _STOPS[profile.template]
     conn.respond_json(
         200,
         {
-            "license": "LLAMA 3.1 COMMUNITY LICENSE AGREEMENT",
+            "license": profile.license,
             "modelfile": (
                 '# Modelfile generated by "ollama show"\n'
                 "# To build a new Modelfile based on this, replace FROM with:\n"
-                f"# FROM {model}\n\n"
+                f"# FROM {shown}\n\n"
                 f"FROM /root/.ollama/models/blobs/sha256-{digest}\n"
-                f'TEMPLATE """{_TEMPLATE}"""\n'
-                + "".join(f'PARAMETER stop "{stop}"\n' for stop in _STOPS)
+                f'TEMPLATE """{profile.show_template}"""\n'
+                + "".join(f'PARAMETER stop "{stop}"\n' for stop in stops)
             ),
-            "parameters": _PARAMETERS,
-            "template": _TEMPLATE,
-            "details": _DETAILS,
-            "model_info": _MODEL_INFO,
-            "capabilities": _CAPABILITIES,
+            "parameters": "\n".join(f'{"stop":<30} "{stop}"' for stop in stops),
+            "template": profile.show_template,
+            "details": profile.details,
+            "model_info": profile.model_info,
+            "capabilities": list(profile.capabilities),
             "modified_at": _MODIFIED_AT,
         },
     )
+
+
+def _display_name(model: str, existing: tuple[str, ...]) -> str:
+    """The name /api/show resolves ``model`` to (``getExistingName``, ``DisplayShortest``).
+
+    An existing model's own spelling, with its tag; else the name as given, ``:latest``
+    added when it has no tag.
+    """
+    canonical = canonical_name(model)
+    for name in existing:
+        if canonical_name(name) == canonical:
+            return canonical_name(name) if ":" not in name.rpartition("/")[2] else name
+    return model if ":" in model.rpartition("/")[2] else f"{model}:latest"
 
 
 def _chat(sim: FakeOllama, conn: Connection, raw: bytes) -> None:
@@ -157,7 +154,7 @@ def _inference(sim: FakeOllama, conn: Connection, raw: bytes, *, chat: bool) -> 
         directives = Directives.parse(ask.last_text)
         if directives.status is not None:
             raise HttpError(directives.status, _status_message(directives.status, ask))
-        if ask.empty and ask.session == 0:
+        if ask.empty and ask.session_set and ask.session == 0:
             sim.host.expire(ask.canonical)
             record.outcome = "done"
             record.first_byte_at = record.finished_at = time.time()
@@ -178,6 +175,8 @@ def _inference(sim: FakeOllama, conn: Connection, raw: bytes, *, chat: bool) -> 
         exchange = LoadReply(sim, conn, record, ask)
     else:
         plan = plan_reply(ask, directives, sim.config, sim.rng)
+        record.profile = plan.profile.name
+        record.dropped_messages = plan.dropped
         exchange = Generation(sim, conn, record, plan, received_ns)
     conn.exchange = exchange
     exchange.begin()
@@ -190,7 +189,7 @@ def _status_message(status: int, ask: Inference) -> str:
     if status == 503:
         return BUSY_MESSAGE
     if status == 500:
-        return "llama runner process has terminated: exit status 2"
+        return LOAD_ERROR
     try:
         return HTTPStatus(status).phrase.lower()
     except ValueError:

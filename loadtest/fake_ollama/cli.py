@@ -30,9 +30,24 @@ def build_arg_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help=f"a model that exists (repeatable; default {defaults.models[0]})",
     )
+    parser.add_argument(
+        "--profile",
+        dest="profiles",
+        action="append",
+        metavar="MODEL=PROFILE",
+        help=f"how MODEL behaves: one of {', '.join(CHOICES['profiles'])} (repeatable; "
+        "default by name: qwen3* qwen3, gpt-oss* gpt-oss, else llama3.1)",
+    )
     milliseconds: list[tuple[str, str]] = [
-        ("ttft", "time to first token"),
-        ("ttft-per-prompt-token", "extra time to first token per prompt token (chars / 4)"),
+        ("ttft", "time to first token, the fixed part"),
+        (
+            "ttft-per-prompt-token",
+            "extra time to first token per evaluated (uncached) prompt token",
+        ),
+        (
+            "cache-restore-per-token",
+            "extra time to first token per token restored from the RAM cache",
+        ),
         ("itl", "time between tokens"),
         ("jitter", "uniform +- jitter on every delay"),
         ("load-ms", "time to load a cold model"),
@@ -50,7 +65,50 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tokens", type=int, default=defaults.tokens, help="reply length in tokens"
     )
-    parser.add_argument("--parallel", type=int, default=defaults.parallel, help="generation slots")
+    parser.add_argument(
+        "--think-tokens",
+        type=int,
+        default=defaults.think_tokens,
+        help="thinking tokens before the answer, when the model thinks",
+    )
+    parser.add_argument(
+        "--think-anyway",
+        action="store_true",
+        help="the model reasons even with thinking off",
+    )
+    parser.add_argument(
+        "--tool-calls", type=int, default=defaults.tool_calls, help="tool calls per tool reply"
+    )
+    parser.add_argument(
+        "--text-before-call",
+        type=int,
+        default=defaults.text_before_call,
+        help="content tokens before a tool call",
+    )
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=defaults.parallel,
+        help="generation slots (OLLAMA_NUM_PARALLEL, default %(default)s)",
+    )
+    parser.add_argument(
+        "--prompt-cache",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.prompt_cache,
+        help="reuse each slot's cached prompt prefix, as llama-server's cache_prompt",
+    )
+    parser.add_argument(
+        "--slot-similarity",
+        type=float,
+        default=defaults.slot_similarity,
+        help="llama-server's --slot-prompt-similarity (default %(default)s)",
+    )
+    parser.add_argument(
+        "--cache-ram-mib",
+        type=int,
+        default=defaults.cache_ram_mib,
+        help="llama-server's --cache-ram in MiB; 0 turns the RAM prompt cache off",
+    )
     parser.add_argument(
         "--max-queue",
         type=int,
@@ -74,6 +132,24 @@ def build_arg_parser() -> argparse.ArgumentParser:
         help="probability of a failure per request",
     )
     parser.add_argument("--fail-mode", choices=CHOICES["fail_mode"], default=defaults.fail_mode)
+    parser.add_argument(
+        "--abort-load",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.abort_load,
+        help="a client leaving during the load it started aborts it",
+    )
+    parser.add_argument("--load-fail", action="store_true", help="every load fails (500)")
+    parser.add_argument(
+        "--crash-on-error",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.crash_on_error,
+        help="a mid-stream error is llama-server dying: the model must load again",
+    )
+    parser.add_argument(
+        "--slot-leak",
+        action="store_true",
+        help="a client leaving mid-reply keeps its slot held (ollama/ollama#17131)",
+    )
     parser.add_argument("--tool-mode", choices=CHOICES["tool_mode"], default=defaults.tool_mode)
     parser.add_argument("--version", default=defaults.version, help="version /api/version reports")
     parser.add_argument(
@@ -89,6 +165,11 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         for field in dataclasses.fields(SimConfig)
         if getattr(args, field.name) is not None
     }
+    if "profiles" in knobs:
+        pairs = [item.partition("=") for item in knobs["profiles"]]
+        if any(not sep for _, sep, _ in pairs):
+            raise ValueError("--profile takes MODEL=PROFILE")
+        knobs["profiles"] = {model: profile for model, _, profile in pairs}
     return SimConfig(**knobs)
 
 

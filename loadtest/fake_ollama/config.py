@@ -8,54 +8,77 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal
 
-FailMode = Literal["error", "stall", "drop"]
-ToolMode = Literal["chunk", "final"]
+FailMode = Literal["error", "stall", "drop", "end"]
+ToolMode = Literal["auto", "chunk", "final"]
+ProfileName = Literal["llama3.1", "qwen3", "gpt-oss", "native"]
 
 CHOICES: Final[dict[str, tuple[str, ...]]] = {
-    "fail_mode": ("error", "stall", "drop"),
-    "tool_mode": ("chunk", "final"),
+    "fail_mode": ("error", "stall", "drop", "end"),
+    "tool_mode": ("auto", "chunk", "final"),
+    "profiles": ("llama3.1", "qwen3", "gpt-oss", "native"),
 }
 _MINIMUMS: Final[dict[str, float]] = {
     "ttft": 0,
     "ttft_per_prompt_token": 0,
+    "cache_restore_per_token": 0,
     "itl": 0,
     "jitter": 0,
     "tokens": 0,
+    "think_tokens": 0,
+    "tool_calls": 1,
+    "text_before_call": 0,
     "parallel": 1,
     "max_queue": 0,
     "slowdown": 0,
     "load_ms": 0,
     "fail_rate": 0,
+    "slot_similarity": 0,
+    "cache_ram_mib": 0,
 }
+_MAXIMUMS: Final[dict[str, float]] = {"fail_rate": 1, "slot_similarity": 1}
 
 
 @dataclasses.dataclass(slots=True)
 class SimConfig:
-    """Every knob of the simulator (times in milliseconds).
+    """Every knob of the simulator (times in milliseconds); defaults as Ollama 0.32.
 
     Most knobs are read when a request arrives, so a change applies to the
     requests that start after it; ``jitter`` and ``slowdown`` are read at every
-    token and ``parallel`` at every slot hand-over. The field names are the
-    knob names of the command line (with dashes) and of ``POST /_sim/config``.
+    token, and ``parallel`` resizes the loaded model's slots at once. The field
+    names are the knob names of the command line (with dashes) and of
+    ``POST /_sim/config``.
     """
 
     models: tuple[str, ...] = ("llama3.1:8b",)
+    profiles: dict[str, str] = dataclasses.field(default_factory=dict)
     ttft: float = 50.0
     ttft_per_prompt_token: float = 0.0
+    cache_restore_per_token: float = 0.0
     itl: float = 20.0
     jitter: float = 0.0
     seed: int = 0
     tokens: int = 40
-    parallel: int = 4
+    think_tokens: int = 16
+    think_anyway: bool = False
+    tool_calls: int = 1
+    text_before_call: int = 0
+    parallel: int = 1
     max_queue: int = 512
     slowdown: float = 0.0
     load_ms: float = 500.0
     preloaded: bool = False
     keep_alive: str = "5m"
+    prompt_cache: bool = True
+    slot_similarity: float = 0.1
+    cache_ram_mib: int = 8192
+    abort_load: bool = True
+    load_fail: bool = False
+    crash_on_error: bool = True
+    slot_leak: bool = False
     fail_rate: float = 0.0
     fail_mode: FailMode = "error"
-    tool_mode: ToolMode = "chunk"
-    version: str = "0.12.6"
+    tool_mode: ToolMode = "auto"
+    version: str = "0.32.15"
     check_host: bool = False
 
     def __post_init__(self) -> None:
@@ -69,8 +92,14 @@ class SimConfig:
             setattr(self, name, value)
 
 
+def _default(field: dataclasses.Field[Any]) -> Any:
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
+
+
 _KNOB_DEFAULTS: Final[dict[str, Any]] = {
-    field.name: field.default for field in dataclasses.fields(SimConfig)
+    field.name: _default(field) for field in dataclasses.fields(SimConfig)
 }
 
 
@@ -86,6 +115,8 @@ def _checked_knob(name: str, value: Any) -> Any:
         if not names or not all(isinstance(item, str) and item for item in names):
             raise ValueError(f"knob {name!r} takes a non-empty list of names")
         return names
+    if isinstance(default, dict):
+        return _checked_profiles(name, value)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ValueError(f"knob {name!r} takes true or false")
@@ -103,9 +134,20 @@ def _checked_knob(name: str, value: Any) -> Any:
         raise ValueError(f"knob {name!r} takes a number")
     if isinstance(default, int) and not isinstance(value, int):
         raise ValueError(f"knob {name!r} takes an integer")
-    if value < _MINIMUMS.get(name, -math.inf) or (name == "fail_rate" and value > 1):
+    if value < _MINIMUMS.get(name, -math.inf) or value > _MAXIMUMS.get(name, math.inf):
         raise ValueError(f"knob {name!r} is out of range: {value}")
     return type(default)(value)
+
+
+def _checked_profiles(name: str, value: Any) -> dict[str, str]:
+    """A ``{model: profile}`` mapping, or ValueError."""
+    choices = CHOICES["profiles"]
+    if not isinstance(value, Mapping):
+        raise ValueError(f"knob {name!r} takes an object of model names to profiles")
+    for model, profile in value.items():
+        if not isinstance(model, str) or not model or profile not in choices:
+            raise ValueError(f"knob {name!r}: {model!r} takes one of {', '.join(choices)}")
+    return dict(value)
 
 
 _DURATION_PART: Final = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")

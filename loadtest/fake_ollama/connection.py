@@ -1,8 +1,10 @@
 """HTTP/1.1 on a raw ``asyncio.Protocol``: httptools parses, replies go out whole or chunked.
 
-Responses are framed as Ollama's Go server (net/http and gin) frames them.
-Each write is one ``transport.write``, and a client that goes away is seen at
-once in ``connection_lost``.
+Responses are framed as Ollama's Go server (net/http and gin) frames them: a
+handler's body of up to 2048 bytes gets a ``Content-Length``, a longer one goes
+out chunked (net/http's ``bufferBeforeChunkingSize``), and a stream is chunked
+from its first flush. Each write is one ``transport.write``, and a client that
+goes away is seen at once in ``connection_lost``.
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ from http import HTTPStatus
 from typing import Any, Final, Protocol, cast
 
 import httptools
-import orjson
 
-from .wire import CLOCK
+from .wire import CLOCK, go_json
 
 TEXT_PLAIN: Final = b"text/plain; charset=utf-8"
 TEXT_PLAIN_GIN: Final = b"text/plain"
 _JSON: Final = b"application/json; charset=utf-8"
+JSON_BARE: Final = b"application/json"
 CHUNK_END: Final = b"0\r\n\r\n"
+# net/http buffers this much of a handler's body before it gives up on Content-Length.
+_BUFFER_BEFORE_CHUNKING: Final = 2048
 _STATUS_LINES: Final = {
     status.value: b"HTTP/1.1 %d %b\r\n" % (status.value, status.phrase.encode())
     for status in HTTPStatus
@@ -174,14 +178,30 @@ class Connection(asyncio.Protocol):
         self.end_exchange()
 
     def respond_json(self, status: int, value: Any) -> None:
-        """Send a JSON response as gin's ``c.JSON`` does."""
-        self.respond(status, _JSON, orjson.dumps(value))
+        """Send a JSON response as gin's ``c.JSON`` does: one write of ``json.Marshal``'s bytes.
 
-    def chunked_head(self) -> bytes:
-        """The head of a streaming (NDJSON, chunked) 200 response."""
+        net/http then sends up to 2048 bytes with a Content-Length and more
+        chunked, the whole body in one chunk.
+        """
+        body = go_json(value)
+        if len(body) <= _BUFFER_BEFORE_CHUNKING or self.head_only:
+            self.respond(status, _JSON, body)
+            return
+        self.write(
+            self.chunked_head(status, _JSON) + b"%x\r\n%b\r\n" % (len(body), body) + CHUNK_END
+        )
+        self.end_exchange()
+
+    def chunked_head(
+        self, status: int = 200, content_type: bytes = b"application/x-ndjson"
+    ) -> bytes:
+        """The head of a chunked response (by default a streaming NDJSON 200)."""
         return b"".join(
             (
-                b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nDate: ",
+                _status_line(status),
+                b"Content-Type: ",
+                content_type,
+                b"\r\nDate: ",
                 CLOCK.http_date(),
                 b"\r\n" if self.keep_alive else b"\r\nConnection: close\r\n",
                 b"Transfer-Encoding: chunked\r\n\r\n",

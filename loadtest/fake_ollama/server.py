@@ -15,10 +15,13 @@ from typing import Any, Final, Literal
 from . import api, control
 from .config import SimConfig
 from .connection import TEXT_PLAIN_GIN, Connection, Request
+from .profiles import profile_for
 from .scheduler import ModelHost
 from .wire import JsonObject, canonical_name
 
-Outcome = Literal["in_progress", "done", "client_closed", "error", "dropped", "stalled", "rejected"]
+Outcome = Literal[
+    "in_progress", "done", "client_closed", "error", "dropped", "stalled", "incomplete", "rejected"
+]
 Handler = Callable[["FakeOllama", Connection, bytes], None]
 Routes = dict[bytes, dict[bytes, Handler]]
 
@@ -32,8 +35,15 @@ class RequestRecord:
 
     ``finished_at`` is when the server sent the end of its answer;
     ``client_closed_at`` when the client's connection went away before that
-    end. ``tokens_sent`` counts the reply's lines (a tool call counts as one);
-    for a non-streaming request, the tokens generated.
+    end. ``tokens_sent`` counts the reply's lines before the ``done`` line (a
+    tool call counts as one); for a non-streaming request, the tokens generated.
+    Once the request has a slot: ``slot`` (its id), ``slot_selection``
+    (``similarity`` or ``lru``), ``prompt_tokens`` (Ollama's ``prompt_eval_count``),
+    ``cached_tokens`` (reused from the slot's cache), ``evaluated_tokens`` (the
+    rest, which cost ``ttft_per_prompt_token``) and ``restored_tokens`` (brought
+    back from the RAM prompt cache first); ``dropped_messages`` counts the
+    messages trimmed to fit ``num_ctx``, ``slot_leaked`` whether the client left
+    its slot held.
     """
 
     id: int
@@ -45,6 +55,15 @@ class RequestRecord:
     client_closed_at: float | None = None
     tokens_sent: int = 0
     outcome: Outcome = "in_progress"
+    profile: str | None = None
+    dropped_messages: int = 0
+    slot: int | None = None
+    slot_selection: str | None = None
+    prompt_tokens: int | None = None
+    cached_tokens: int | None = None
+    evaluated_tokens: int | None = None
+    restored_tokens: int | None = None
+    slot_leaked: bool = False
 
 
 class FakeOllama:
@@ -63,7 +82,8 @@ class FakeOllama:
         self._server: asyncio.Server | None = None
         self._routes: Routes = {**api.ROUTES, **control.ROUTES}
         if config.preloaded:
-            self.host.preload(canonical_name(config.models[0]))
+            model = canonical_name(config.models[0])
+            self.host.preload(model, profile_for(model, config))
 
     async def listen(self, host: str, port: int) -> None:
         """Accept connections on ``host:port`` (port 0 picks a free one)."""
@@ -84,17 +104,31 @@ class FakeOllama:
         await asyncio.sleep(0)  # let the closed connections' connection_lost run
 
     def stats(self) -> JsonObject:
-        """Counters and gauges, as ``GET /_sim/stats`` answers them."""
-        loaded = self.host.loaded
+        """Counters and gauges, as ``GET /_sim/stats`` answers them.
+
+        ``slots`` lists the loaded model's slots (``id``, ``busy``,
+        ``cached_tokens``); ``leaked_slots`` counts permits never given back,
+        ``ram_cache`` the prompts and tokens in llama-server's RAM prompt cache.
+        """
+        host = self.host
+        loaded = host.loaded
+        runner = host.runner
+        slots: JsonObject = (
+            runner.slots.describe()
+            if runner is not None
+            else {"slots": [], "leaked_slots": 0, "ram_cache": {"prompts": 0, "tokens": 0}}
+        )
         return {
-            "active": self.host.active,
-            "queued": self.host.queued,
+            "active": host.active,
+            "queued": host.queued,
             "loaded": loaded is not None,
             "loaded_model": loaded.model if loaded is not None else None,
-            "reloads": self.host.reloads,
-            "loads": self.host.loads,
+            "loading": runner is not None and runner.state == "loading",
+            "reloads": host.reloads,
+            "loads": host.loads,
             "connections_open": len(self.connections),
             "requests_total": self._requests_total,
+            **slots,
         }
 
     def requests(self) -> list[RequestRecord]:
@@ -115,7 +149,7 @@ class FakeOllama:
         if "seed" in changes:
             self.rng.seed(self.config.seed)
         if "parallel" in changes:
-            self.host.grant()
+            self.host.resize(self.config.parallel)
 
     def evict(self) -> bool:
         """Unload the model now, as if evicted; returns whether one was loaded."""

@@ -1,8 +1,9 @@
 """Ollama's wire formats as its Go code reads and writes them.
 
 Request bodies are decoded with the 400s and the wording of Go's
-``encoding/json``; timestamps are written as Go writes a ``time.Time``; model
-names are resolved as Ollama resolves them.
+``encoding/json``; JSON is written as ``json.Marshal`` writes it (:func:`go_json`);
+timestamps are written as Go writes a ``time.Time``; model names are resolved as
+Ollama resolves them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,25 @@ from typing import Any, Final
 import orjson
 
 JsonObject = dict[str, Any]
+
+
+# encoding/json's HTML-safe escaping (json.Marshal and json.Encoder escape these by default).
+_GO_ESCAPES: Final = (
+    (b"<", b"\\u003c"),
+    (b">", b"\\u003e"),
+    (b"&", b"\\u0026"),
+    ("\u2028".encode(), b"\\u2028"),
+    ("\u2029".encode(), b"\\u2029"),
+)
+
+
+def go_json(value: Any) -> bytes:
+    """``value`` as Go's ``json.Marshal`` writes it: compact, with ``<``, ``>``, ``&`` escaped."""
+    data = orjson.dumps(value)
+    for raw, escaped in _GO_ESCAPES:
+        if raw in data:
+            data = data.replace(raw, escaped)
+    return data
 
 
 class HttpError(Exception):
