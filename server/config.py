@@ -44,7 +44,7 @@ class Config:
     first_token_timeout: float = 15.0
     token_timeout: float = 10.0
     shutdown_timeout: int = 20
-    max_body_bytes: int = 4 * 1024 * 1024
+    max_body_bytes: int = 16 * 1024 * 1024
     max_messages: int = 1000
     max_message_chars: int = 100_000
     max_connections: int = 2000
