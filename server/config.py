@@ -10,7 +10,7 @@ import argparse
 import ipaddress
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -61,6 +61,11 @@ class Config:
     vapi_hmac_max_skew: float = 300.0
     assistant_file: str | None = None
     tools_module: str | None = None
+    # Retell's LLM websocket (/llm-websocket/{call_id})
+    retell_begin_message: str | None = None
+    retell_auto_reconnect: bool = True
+    retell_call_details: bool = True
+    retell_ping_interval: float = 2.0
 
     @property
     def load_options(self) -> dict[str, int]:
@@ -119,8 +124,18 @@ def _ollama_url(value: str) -> str:
     return url if port is not None else f"http://{parts.netloc}:11434"
 
 
+def yes_no(value: str) -> bool:
+    """A yes/no setting: ``yes``, ``true``, ``on``, ``1`` or ``no``, ``false``, ``off``, ``0``."""
+    text = value.strip().lower()
+    if text in ("yes", "true", "on", "1"):
+        return True
+    if text in ("no", "false", "off", "0"):
+        return False
+    raise ValueError(value)
+
+
 # (flag, environment variable, type, help); the default comes from Config.
-_SETTINGS: list[tuple[str, str, type, str]] = [
+_SETTINGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("host", "HOST", str, "address to listen on"),
     ("port", "PORT", int, "port for HTTP and websockets"),
     ("health_port", "PORT_HEALTH", int, "also answer /ping and /health on this port"),
@@ -155,7 +170,11 @@ _SETTINGS: list[tuple[str, str, type, str]] = [
     ("vapi_hmac_secret", "VAPI_HMAC_SECRET", str, "webhook HMAC-SHA256 signing secret"),
     ("vapi_hmac_max_skew", "VAPI_HMAC_MAX_SKEW", float, "seconds a signed webhook may be off"),
     ("assistant_file", "ASSISTANT_FILE", str, "JSON file: first message, voice, transcriber"),
-    ("tools_module", "TOOLS_MODULE", str, "module whose 'tools' registry serves VAPI tool calls"),
+    ("tools_module", "TOOLS_MODULE", str, "module whose 'tools' registry serves tool calls"),
+    ("retell_begin_message", "RETELL_BEGIN_MESSAGE", str, "Retell: what the agent says first"),
+    ("retell_auto_reconnect", "RETELL_AUTO_RECONNECT", yes_no, "Retell: pings both ways"),
+    ("retell_call_details", "RETELL_CALL_DETAILS", yes_no, "Retell: ask for the call's details"),
+    ("retell_ping_interval", "RETELL_PING_INTERVAL", float, "Retell: seconds between pings"),
 ]
 
 _POSITIVE = {
@@ -171,6 +190,7 @@ _POSITIVE = {
     "max_connections",
     "num_ctx",
     "vapi_hmac_max_skew",
+    "retell_ping_interval",
 }
 
 
@@ -182,6 +202,8 @@ def _build_parser(defaults: Config) -> argparse.ArgumentParser:
     for name, env_name, kind, text in _SETTINGS:
         default = getattr(defaults, name)
         shown = "forever" if name == "keep_alive" else "none" if default is None else default
+        if kind is yes_no:
+            shown = "yes" if default else "no"
         parser.add_argument(
             f"--{name.replace('_', '-')}",
             type=kind,
@@ -213,6 +235,8 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
                 value = kind(env[env_name])
             except ValueError:
                 expected = "a whole number" if kind is int else "a number"
+                if kind is yes_no:
+                    expected = "yes or no"
                 raise ConfigError(f"{env_name}={env[env_name]!r} is not {expected}") from None
         if value is not None:
             values[name] = value

@@ -8,6 +8,8 @@ Routes (one port, run by uvicorn):
 - ``GET /v1/models`` (also ``/models``): the one served model.
 - ``GET /health``: JSON about Ollama and the model; ``GET /ping``: 204 while the
   model warms, 200 once it is warm (RunPod's load-balancer convention).
+- websockets: ``/ws`` (:mod:`server.doors.ws`) and Retell's ``/llm-websocket/{call_id}``
+  (:mod:`server.doors.retell`).
 
 A streamed response starts when the core yields its first event, so a request that
 fails before any token gets a real HTTP status and an OpenAI error object. When the
@@ -40,6 +42,7 @@ from ..ops.metrics import CONTENT_TYPE, Metrics
 from ..tools import load_tools
 from .asgi import JSON, Disconnected, Receive, Scope, Send, read_body, respond
 from .auth import KeyCheck
+from .retell import RETELL_PATH, RetellEndpoint
 from .vapi import WEBHOOK_PATH, VapiWebhook
 from .ws import WebSocketEndpoint
 
@@ -67,7 +70,8 @@ class App:
         self._websocket = WebSocketEndpoint(config, engine)
         tools = load_tools(config.tools_module) if config.tools_module else None
         self.vapi = VapiWebhook(config, tools)
-        self.metrics = Metrics(engine, lambda: self.vapi.counts)
+        self.retell = RetellEndpoint(config, engine, tools)
+        self.metrics = Metrics(engine, lambda: self.vapi.counts, lambda: self.retell.frames)
         # path -> (method, handler, whether the API key is required)
         self._routes: dict[str, tuple[str, _Handler, bool]] = {
             "/health": ("GET", self._health, False),
@@ -89,6 +93,8 @@ class App:
             await self._lifespan(receive, send)
         elif scope["path"] == "/ws":
             await self._websocket(scope, receive, send)
+        elif scope["path"].startswith(RETELL_PATH):
+            await self.retell(scope, receive, send)
         else:
             await send({"type": "websocket.close", "code": 1008})
 
