@@ -467,6 +467,22 @@ def test_the_transcript_with_tool_calls_puts_them_in_their_place(
     )
 
 
+def test_an_empty_transcript_with_tool_calls_leaves_the_transcript(
+    call: RetellClient, fake: FakeOllama
+) -> None:
+    call.send(
+        ResponseRequiredRequest(
+            response_id=1,
+            transcript=[said("user", "empty-with-tools [[tokens:1]]")],
+            transcript_with_tool_calls=[],
+        )
+    )
+    call.response(1)
+    assert chats(fake, "empty-with-tools")[-1][1:] == [
+        {"role": "user", "content": "empty-with-tools [[tokens:1]]"}
+    ]
+
+
 def test_a_four_mib_transcript_with_word_timings_is_answered(
     call: RetellClient, fake: FakeOllama, retell_server: Process
 ) -> None:

@@ -14,8 +14,9 @@ Then, by what Retell sends (:mod:`server.doors.retell_frames`):
 - ``response_required``, ``reminder_required``: the transcript becomes a turn on the
   core (``agent`` → assistant, ``user`` and ``transfer_target`` → user; from
   ``transcript_with_tool_calls`` when present, tool calls and results in their place;
-  a reminder adds a line asking the model to prompt the silent caller), and the answer
-  streams as ``response`` frames of that ``response_id``, the last one with
+  a reminder adds a line asking the model to prompt the silent caller; past
+  ``max_messages`` the oldest utterances are left out), and the answer streams as
+  ``response`` frames of that ``response_id``, the last one with
   ``content_complete: true``. A turn that fails before its first token (Ollama down,
   overloaded...) gets an empty complete response, and the reason is logged.
 - A newer ``response_id`` supersedes the answer in flight at once: its task is
@@ -232,9 +233,9 @@ class _Call:
             frame = parse_frame(text)
         except UnknownFrame as exc:
             self._endpoint.frames["unknown"] += 1
+            level = logging.DEBUG if "unknown" in self._logged else logging.INFO
+            self._logged.add("unknown")
             kind = exc.interaction_type[:64]
-            level = logging.DEBUG if f"unknown:{kind}" in self._logged else logging.INFO
-            self._logged.add(f"unknown:{kind}")
             log.log(level, "Retell call %s: ignored interaction_type %r", self.call_id, kind)
             return
         except FrameError as exc:
@@ -285,7 +286,7 @@ class _Call:
             messages.append({"role": "system", "content": self._system})
         normalised: list[str] = []
         names: dict[str, str] = {}
-        items = self._with_tools if self._with_tools is not None else self._transcript
+        items = self._with_tools or self._transcript
         for item in items:
             if isinstance(item, Utterance):
                 role = _ROLES.get(item.role)
@@ -429,8 +430,7 @@ class _Call:
             }
         )
         for call, outcome in zip(calls, outcomes, strict=True):
-            content = outcome.result if outcome.error is None else f"Error: {outcome.error}"
-            content = content or ""
+            content = (outcome.result or "") if outcome.error is None else f"Error: {outcome.error}"
             await send(_frame(dump(ToolCallResultFrame(tool_call_id=call.id, content=content))))
             messages.append({"role": "tool", "content": content, "tool_name": call.name})
         return replace(turn, messages=messages), actions
