@@ -666,8 +666,8 @@ def test_ollama_down_gets_a_complete_empty_response_and_the_socket_stays() -> No
                 )
             client.pong()
         assert (
-            "Retell call call_down: response 1 got no answer: ollama_unreachable: Ollama is not "
-            "reachable" in server.output().decode()
+            "Retell call call_down: response 1: no answer from the model: ollama_unreachable: "
+            "Ollama is not reachable" in server.output().decode()
         )
     finally:
         server.stop()

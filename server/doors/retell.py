@@ -382,7 +382,7 @@ class _Call:
                     turn = replace(turn, tools=None)
         except ServiceError as exc:
             log.warning(
-                "Retell call %s: response %d got no answer: %s: %s",
+                "Retell call %s: response %d: no answer from the model: %s: %s",
                 self.call_id,
                 response_id,
                 exc.code,
