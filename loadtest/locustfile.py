@@ -9,30 +9,43 @@ reply being spoken and the caller answering) before each request.
 * :class:`SSEUser` posts VAPI-shaped bodies to ``{host}/v1/chat/completions`` with
   ``"stream": true`` and reads the ``data:`` lines as they arrive.
 * :class:`WebSocketUser` opens one ``{host}/ws`` socket per call (the protocol in
-  ``server/ws.py``) and now and then barges in (``--barge-in``): it sends the next
-  turn while a reply streams, and checks that the old turn's ``done`` arrives before
-  any frame of the new turn.
+  ``server/doors/ws.py``) and now and then barges in (``--barge-in``): it sends the
+  next turn while a reply streams, and checks that the old turn's ``done`` arrives
+  before any frame of the new turn.
+* :class:`RetellUser` places calls as Retell does, one socket per call to
+  ``{host}/llm-websocket/{call id}`` (``server/doors/retell.py``): the opening
+  response, then per turn a ``ping_pong``, an ``update_only`` and a
+  ``response_required``; a barge-in is the next ``response_required``, whose newer
+  ``response_id`` supersedes the answer in flight. Retell sends no system prompt:
+  the server's ``--system-prompt`` stands for it.
 
 Locust's own timing of a streamed request stops at the response headers, so the
-voice metrics are reported as entries of their own, request type ``SSE`` or ``WS``:
+voice metrics are reported as entries of their own, request type ``SSE``, ``WS`` or
+``Retell``:
 
 * ``ttft``: from sending the request to the first non-empty content;
 * ``itl``: every gap between two consecutive content tokens (its request count is
   the number of gaps, its rate about the tokens per second);
-* ``turn``: from sending the request to the end of the reply (``[DONE]`` or
-  ``done``), with the reply's pieces of content (tokens, on this server) as the
-  content size; every failed turn is a failure of this entry, named by its reason;
-* ``connect`` (WS): the websocket handshake;
-* ``barge-in`` (WS): from sending the interrupting turn to the old turn's ``done``.
+* ``turn``: from sending the request to the end of the reply (``[DONE]``, ``done``
+  or ``content_complete``), with the reply's pieces of content (tokens, on this
+  server) as the content size; every failed turn is a failure of this entry, named
+  by its reason;
+* ``connect`` (WS, Retell): the websocket handshake (for Retell, up to the opening
+  response);
+* ``barge-in``: WS, from sending the interrupting turn to the old turn's ``done``;
+  Retell, from sending the newer ``response_required`` to the older response's last
+  frame (0 when none came after it);
+* ``ping`` (Retell): a ``ping_pong`` and its answer.
 
 A failed turn ends its call, as VAPI ends a call whose LLM request fails. Run it::
 
     locust -f loadtest/locustfile.py --headless -u 50 -r 10 -t 60s --host http://127.0.0.1:8000
 
 (or without ``--headless`` for the web UI, which shows the options below under its
-custom parameters); name ``SSEUser`` or ``WebSocketUser`` after the options to run one
-kind only. The options and their environment variables are in ``_OPTIONS`` below and
-in ``docs/load-testing.md`` (locust's ``--help`` does not list a locustfile's options).
+custom parameters); name ``SSEUser``, ``WebSocketUser`` or ``RetellUser`` after the
+options to run one kind only. The options and their environment variables are in
+``_OPTIONS`` below and in ``docs/load-testing.md`` (locust's ``--help`` does not list
+a locustfile's options).
 """
 
 from __future__ import annotations
@@ -59,12 +72,13 @@ from locust.exception import StopTest
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
-__all__ = ["SSEUser", "Settings", "WebSocketUser"]
+__all__ = ["RetellUser", "SSEUser", "Settings", "WebSocketUser"]
 
 log = logging.getLogger("locustfile")
 
 CHAT_PATH: Final = "/v1/chat/completions"
 WS_PATH: Final = "/ws"
+RETELL_PATH: Final = "/llm-websocket"
 TEMPERATURE: Final = 0.5  # VAPI's default
 
 _SYSTEM_PROMPT: Final = (
@@ -468,14 +482,32 @@ class SSEUser(FastHttpUser):
             return f"stream broken: {_describe(exc)}"
 
 
-def ws_url(host: str) -> str:
-    """The websocket URL for an HTTP base URL: ``http(s)://h/p`` becomes ``ws(s)://h/p/ws``."""
+def ws_url(host: str, path: str = WS_PATH) -> str:
+    """The websocket URL for an HTTP base URL: ``http(s)://h/p`` becomes ``ws(s)://h/p/ws``
+    (or ``path`` instead of ``/ws``)."""
     base = host.rstrip("/")
     if base.startswith("https://"):
-        return "wss://" + base[len("https://") :] + WS_PATH
+        return "wss://" + base[len("https://") :] + path
     if base.startswith("http://"):
-        return "ws://" + base[len("http://") :] + WS_PATH
-    return base + WS_PATH
+        return "ws://" + base[len("http://") :] + path
+    return base + path
+
+
+def receive_frame(socket: ClientConnection, timeout: float) -> dict[str, Any]:
+    """The next frame; raises TurnFailure when none comes or it is not a JSON object."""
+    try:
+        text = socket.recv(timeout=timeout)
+    except TimeoutError:
+        raise TurnFailure(f"no frame for {timeout:g} s") from None
+    except ConnectionClosed as exc:
+        raise TurnFailure(_closed(exc)) from None
+    try:
+        frame = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        frame = None
+    if not isinstance(frame, dict):
+        raise TurnFailure("a frame that is not a JSON object")
+    return frame
 
 
 class WebSocketUser(User):
@@ -564,20 +596,7 @@ class WebSocketUser(User):
         return turn_id, clock
 
     def _receive(self, socket: ClientConnection) -> dict[str, Any]:
-        """The next frame; raises TurnFailure when none comes or it is not a JSON object."""
-        try:
-            text = socket.recv(timeout=self.settings.token_timeout)
-        except TimeoutError:
-            raise TurnFailure(f"no frame for {self.settings.token_timeout:g} s") from None
-        except ConnectionClosed as exc:
-            raise TurnFailure(_closed(exc)) from None
-        try:
-            frame = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            frame = None
-        if not isinstance(frame, dict):
-            raise TurnFailure("a frame that is not a JSON object")
-        return frame
+        return receive_frame(socket, self.settings.token_timeout)
 
     def _stream(
         self, socket: ClientConnection, turn_id: str, clock: TurnClock, interrupt_at: int | None
@@ -635,3 +654,229 @@ class WebSocketUser(User):
 def _closed(exc: ConnectionClosed) -> str:
     """Why a websocket closed, for a failure's reason."""
     return f"socket closed: {exc.rcvd.code if exc.rcvd else 'no close frame'}"
+
+
+def retell_transcript(conversation: Conversation) -> list[dict[str, str]]:
+    """The conversation as Retell's transcript: ``agent`` and ``user`` utterances.
+
+    Retell sends no system message; the server's ``--system-prompt`` stands for it.
+    """
+    return [
+        {"role": "agent" if m["role"] == "assistant" else "user", "content": m["content"]}
+        for m in conversation.messages
+        if m["role"] != "system"
+    ]
+
+
+class RetellUser(User):
+    """Calls as Retell places them: one socket per call to ``{host}/llm-websocket/{call id}``.
+
+    The server sends its config and the opening response (``response_id`` 0) first. Each
+    turn, after the think time, the caller pings (``ping_pong``, answered with the same
+    timestamp), the transcript goes as an ``update_only`` as Retell sends it while the
+    caller speaks, then as a ``response_required`` with the next ``response_id``; the
+    answer is the ``response`` frames of that id, up to the one with
+    ``content_complete``. With probability ``--barge-in`` a turn is interrupted after 1
+    to 3 tokens by the next ``response_required`` (a newer id): no frame of the older
+    id may come after the first frame of the newer one.
+    """
+
+    weight = 1
+
+    def __init__(self, environment: Environment) -> None:
+        super().__init__(environment)
+        if self.host is None:
+            raise StopTest("give the server's base URL with --host")
+        self.url = ws_url(self.host, RETELL_PATH)
+        self.settings = Settings.from_options(environment.parsed_options)
+        self.rng = random.Random()
+        self.headers: dict[str, str] = {}
+        if self.settings.api_key:
+            self.headers["Authorization"] = f"Bearer {self.settings.api_key}"
+
+    def wait_time(self) -> float:
+        """The pause between two calls on this line."""
+        return self.settings.think(self.rng)
+
+    def _fire(self, name: str, started: float, exception: Exception | None = None) -> None:
+        elapsed = (time.perf_counter() - started) * 1000
+        report(self.environment.events.request, "Retell", name, elapsed, 0, exception)
+
+    def _receive(self, socket: ClientConnection) -> dict[str, Any]:
+        """The next frame but the server's own pings."""
+        while True:
+            frame = receive_frame(socket, self.settings.token_timeout)
+            if frame.get("response_type") != "ping_pong":
+                return frame
+
+    @task
+    def call(self) -> None:
+        """Place one call on its own socket; a failed turn hangs up."""
+        conversation = Conversation(self.settings, self.rng)
+        started = time.perf_counter()
+        try:
+            socket = connect(
+                f"{self.url}/{conversation.call_id}",
+                additional_headers=self.headers,
+                open_timeout=self.settings.token_timeout,
+                close_timeout=2,
+                compression=None,
+                max_size=None,
+            )
+        except (OSError, InvalidHandshake, InvalidURI) as exc:
+            self._fire("connect", started, TurnFailure(f"connect failed: {_describe(exc)}"))
+            return
+        with socket:
+            try:
+                config = self._receive(socket)
+                if config.get("response_type") != "config":
+                    raise TurnFailure(f"the first frame is a {config.get('response_type')}")
+                opening = self._receive(socket)
+                if opening.get("response_id") != 0 or not opening.get("content_complete"):
+                    raise TurnFailure("the second frame is not the opening response")
+            except TurnFailure as exc:
+                self._fire("connect", started, exc)
+                return
+            self._fire("connect", started)
+            conversation.heard(str(opening.get("content") or ""))
+            self._converse(socket, conversation)
+
+    def _converse(self, socket: ClientConnection, conversation: Conversation) -> None:
+        settings = self.settings
+        pending: tuple[int, TurnClock] | None = None  # a response asked for by a barge-in
+        first: dict[str, Any] | None = None  # its first frame, read by the barge-in
+        for index in range(settings.turns):
+            if pending is None:
+                time.sleep(settings.think(self.rng))
+                if not self._ping(socket):
+                    return
+                conversation.ask()
+                pending = self._ask(socket, conversation, index + 1, update=True)
+                if pending is None:
+                    return
+            response_id, clock = pending
+            interrupt_at = None
+            if index + 1 < settings.turns and self.rng.random() < settings.barge_in:
+                interrupt_at = self.rng.randint(1, 3)
+            outcome = self._stream(socket, response_id, clock, interrupt_at, first)
+            if outcome == "failed":
+                return
+            conversation.heard(clock.text)
+            pending = first = None
+            if outcome == "interrupted":
+                conversation.ask()
+                pending = self._ask(socket, conversation, response_id + 1, update=False)
+                if pending is None:
+                    return
+                first = self._barge_in(socket, response_id, *pending)
+                if first is None:
+                    return
+
+    def _ping(self, socket: ClientConnection) -> bool:
+        """Ping as Retell does; reports the ``ping`` entry. True when it was answered."""
+        started = time.perf_counter()
+        stamp = int(time.time() * 1000)
+        try:
+            socket.send(
+                orjson.dumps({"interaction_type": "ping_pong", "timestamp": stamp}).decode()
+            )
+            while True:
+                frame = receive_frame(socket, self.settings.token_timeout)
+                if frame.get("response_type") == "ping_pong" and frame.get("timestamp") == stamp:
+                    self._fire("ping", started)
+                    return True
+                if frame.get("response_type") != "ping_pong":
+                    raise TurnFailure(f"a {frame.get('response_type')} frame between turns")
+        except ConnectionClosed as exc:
+            self._fire("ping", started, TurnFailure(_closed(exc)))
+        except TurnFailure as exc:
+            self._fire("ping", started, exc)
+        return False
+
+    def _ask(
+        self, socket: ClientConnection, conversation: Conversation, response_id: int, update: bool
+    ) -> tuple[int, TurnClock] | None:
+        """Ask for response ``response_id`` (after an ``update_only`` when ``update``)."""
+        transcript = retell_transcript(conversation)
+        clock = TurnClock(self.environment.events.request, "Retell")
+        try:
+            if update:
+                update_only = {"interaction_type": "update_only", "transcript": transcript}
+                socket.send(orjson.dumps(update_only).decode())
+            frame = {
+                "interaction_type": "response_required",
+                "response_id": response_id,
+                "transcript": transcript,
+            }
+            clock.started = time.perf_counter()
+            socket.send(orjson.dumps(frame).decode())
+        except ConnectionClosed as exc:
+            clock.failed(_closed(exc))
+            return None
+        return response_id, clock
+
+    def _stream(
+        self,
+        socket: ClientConnection,
+        response_id: int,
+        clock: TurnClock,
+        interrupt_at: int | None,
+        first: dict[str, Any] | None,
+    ) -> str:
+        """Read one response to ``"done"`` or ``"failed"`` (reported), or to
+        ``"interrupted"`` once ``interrupt_at`` tokens have come, for a barge-in."""
+        try:
+            while True:
+                if first is not None:
+                    frame, first = first, None
+                else:
+                    frame = self._receive(socket)
+                kind = frame.get("response_type")
+                if kind != "response":
+                    raise TurnFailure(f"a {kind} frame in a response")
+                if frame.get("response_id") != response_id:
+                    raise TurnFailure(f"a frame of response {frame.get('response_id')} in another")
+                content = frame.get("content")
+                if content:
+                    clock.token(content)
+                    if clock.tokens == interrupt_at:
+                        return "interrupted"
+                if frame.get("content_complete"):
+                    if not clock.tokens:
+                        raise TurnFailure("empty response: complete before any content")
+                    clock.done()
+                    return "done"
+        except TurnFailure as exc:
+            clock.failed(str(exc)[:200])
+            return "failed"
+
+    def _barge_in(
+        self, socket: ClientConnection, old_id: int, new_id: int, clock: TurnClock
+    ) -> dict[str, Any] | None:
+        """After the newer response was asked for: read to its first frame.
+
+        Reports the ``barge-in`` entry, from asking to the older response's last frame
+        (0 when none came after the asking): how long the old answer kept talking (its
+        natural end, if it was already on its way, is no failure). Returns the newer
+        response's first frame, or None when something else came.
+        """
+        asked = clock.started
+        last = asked
+        try:
+            while True:
+                frame = self._receive(socket)
+                got = frame.get("response_id")
+                if got == new_id:
+                    report(
+                        self.environment.events.request,
+                        "Retell",
+                        "barge-in",
+                        (last - asked) * 1000,
+                    )
+                    return frame
+                if got != old_id:
+                    raise TurnFailure(f"a {frame.get('response_type')} frame during a barge-in")
+                last = time.perf_counter()  # the older response's frames still on their way
+        except TurnFailure as exc:
+            self._fire("barge-in", asked, exc)
+            return None

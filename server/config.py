@@ -11,7 +11,7 @@ import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn
@@ -56,7 +56,7 @@ class Config:
     first_token_timeout: float = 15.0
     token_timeout: float = 10.0
     shutdown_timeout: int = 20
-    max_body_bytes: int = 4 * 1024 * 1024
+    max_body_bytes: int = 16 * 1024 * 1024
     max_messages: int = 1000
     max_message_chars: int = 1_000_000
     max_connections: int = 2000
@@ -102,6 +102,11 @@ class Config:
     vapi_hmac_secret_is_base64: bool = False
     vapi_endpointing_timeout: float = 0.5
     vapi_campaign_eligible: bool = True
+    # Retell's LLM websocket (/llm-websocket/{call_id})
+    retell_begin_message: str | None = None
+    retell_auto_reconnect: bool = True
+    retell_call_details: bool = True
+    retell_ping_interval: float = 2.0
 
     @property
     def load_options(self) -> dict[str, int]:
@@ -171,7 +176,7 @@ def _boolean(value: str) -> bool:
 
 
 # (flag, environment variable, type, help); the default comes from Config.
-_SETTINGS: list[tuple[str, str, Any, str]] = [
+_SETTINGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("host", "HOST", str, "address to listen on"),
     ("port", "PORT", int, "port for HTTP and websockets"),
     ("health_port", "PORT_HEALTH", int, "a second port serving every route, for health checkers"),
@@ -227,7 +232,7 @@ _SETTINGS: list[tuple[str, str, Any, str]] = [
     ("vapi_hmac_secret", "VAPI_HMAC_SECRET", str, "webhook HMAC signing secret (secretKey)"),
     ("vapi_hmac_max_skew", "VAPI_HMAC_MAX_SKEW", float, "seconds a signed webhook may be off"),
     ("assistant_file", "ASSISTANT_FILE", str, "JSON file: first message, voice, transcriber"),
-    ("tools_module", "TOOLS_MODULE", str, "module whose 'tools' registry serves VAPI tool calls"),
+    ("tools_module", "TOOLS_MODULE", str, "module whose 'tools' registry serves tool calls"),
     ("routing", "ROUTING", str, "how a turn picks its Ollama: pinned, least-loaded or round-robin"),
     (
         "hedge_after",
@@ -276,6 +281,10 @@ _SETTINGS: list[tuple[str, str, Any, str]] = [
         _boolean,
         "what campaign.predial is answered",
     ),
+    ("retell_begin_message", "RETELL_BEGIN_MESSAGE", str, "Retell: what the agent says first"),
+    ("retell_auto_reconnect", "RETELL_AUTO_RECONNECT", _boolean, "Retell: pings both ways"),
+    ("retell_call_details", "RETELL_CALL_DETAILS", _boolean, "Retell: ask for the call's details"),
+    ("retell_ping_interval", "RETELL_PING_INTERVAL", float, "Retell: seconds between pings"),
 ]
 
 ROUTING_POLICIES = ("pinned", "least-loaded", "round-robin")
@@ -296,6 +305,7 @@ _POSITIVE = {
     "hedge_after",
     "prefill_rate",
     "hold_after",
+    "retell_ping_interval",
 }
 
 
@@ -338,6 +348,8 @@ def _default_text(name: str, default: object, env: Mapping[str, str]) -> str:
         "num_ctx": "Ollama's",
         "log_format": "text on a terminal, else json",
     }
+    if isinstance(default, bool):
+        return "yes" if default else "no"
     if isinstance(default, float):
         return f"{default:g}"
     return shown.get(name, "none" if default is None else str(default))

@@ -29,6 +29,10 @@ A tool's result and errors go back to the model, which speaks them: raise
 them (a line break in a result breaks its parsing): :func:`single_line`. Registered
 tools are also declared in the assistant the server builds, so the model knows their
 names and parameters.
+
+Retell's websocket runs the same tools in process, during the turn. There a tool can
+also end the call or transfer it, by calling :func:`end_call` or :func:`transfer_call`
+before it returns its result.
 """
 
 from __future__ import annotations
@@ -38,7 +42,9 @@ import importlib
 import inspect
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -220,3 +226,56 @@ def load_tools(module_name: str) -> ToolRegistry:
             f"tools module {module_name!r} has no 'tools = ToolRegistry()' at its top level"
         )
     return registry
+
+
+# What a tool can ask of the call besides its result: hang up, or transfer.
+
+__all__ += ["CallActions", "collect_call_actions", "end_call", "transfer_call"]
+
+
+@dataclass(slots=True)
+class CallActions:
+    """What the tools run inside :func:`collect_call_actions` asked the call to do."""
+
+    end_call: bool = False
+    transfer_number: str | None = None
+
+
+_call_actions: ContextVar[CallActions | None] = ContextVar("call_actions", default=None)
+
+
+@contextmanager
+def collect_call_actions() -> Iterator[CallActions]:
+    """Collect what :func:`end_call` and :func:`transfer_call` ask for inside the block.
+
+    A door that can act on them (Retell's websocket) runs its tool calls inside it.
+    """
+    actions = CallActions()
+    token = _call_actions.set(actions)
+    try:
+        yield actions
+    finally:
+        _call_actions.reset(token)
+
+
+def end_call() -> None:
+    """Called by a tool: end the call once the answer to this turn is spoken.
+
+    Acted on by Retell's websocket; elsewhere (VAPI's webhook) it does nothing.
+    """
+    actions = _call_actions.get()
+    if actions is not None:
+        actions.end_call = True
+
+
+def transfer_call(number: str) -> None:
+    """Called by a tool: transfer the call to ``number`` (E.164, such as ``+14155550100``).
+
+    Acted on by Retell's websocket; elsewhere it does nothing. Raises
+    :class:`ValueError` for an empty number or one with spaces.
+    """
+    if not number or any(c.isspace() for c in number):
+        raise ValueError("a transfer number must be non-empty and without spaces")
+    actions = _call_actions.get()
+    if actions is not None:
+        actions.transfer_number = number

@@ -12,9 +12,11 @@ import sys
 from pathlib import Path
 
 from loadtest.bench import parse_args
+from loadtest.bench.settings import server_args
+from loadtest.bench.targets import SYSTEM_PROMPT
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGET_NAMES = ("direct", "sse", "ws")
+TARGET_NAMES = ("direct", "sse", "ws", "retell")
 # A short answer, a few streams per client: the whole run takes a few seconds.
 TINY = ("--streams", "2", "--warmup-streams", "1", "--tokens", "5", "--ttft", "5", "--itl", "2")
 
@@ -43,10 +45,13 @@ def table_rows(output: str) -> dict[tuple[int, str], list[str]]:
     return rows
 
 
-def test_defaults_keep_the_plain_run_and_add_the_websocket_target() -> None:
+def test_defaults_keep_the_plain_run_and_add_the_websocket_targets() -> None:
     plain = parse_args([])
     assert plain.levels == (1, 50, 200)
-    assert plain.targets == ("direct", "sse", "ws")
+    assert plain.targets == ("direct", "sse", "ws", "retell")
+    # Retell's transcript has no system message: the server adds the conversation's.
+    assert server_args(plain)[-2:] == ["--system-prompt", SYSTEM_PROMPT]
+    assert "--system-prompt" not in server_args(parse_args(["--targets", "direct,sse,ws"]))
     assert plain.markdown_path is None
     assert plain.plot_path is None
     scaling = parse_args(["--scaling"])
@@ -67,16 +72,18 @@ def test_scaling_run_reports_every_target_and_writes_markdown_and_plot(tmp_path:
     )  # fmt: skip
     assert result.returncode in (0, 1), result.stdout + result.stderr
     rows = table_rows(result.stdout)
-    expected = {(level, name) for level in (1, 3) for name in ("direct", "sse", "ws", "direct#2")}
+    expected = {(level, name) for level in (1, 3) for name in (*TARGET_NAMES, "direct#2")}
     assert set(rows) == expected, result.stdout
     for (level, _), cells in rows.items():
         assert int(cells[2]) == 2 * level  # measured streams: 2 per client
         assert cells[3] == "0", result.stdout  # no failed stream
     assert "failed streams" not in result.stdout
     assert "ws vs direct at 3 streams:" in result.stdout
+    assert "retell vs direct at 3 streams:" in result.stdout
     text = markdown.read_text()
     assert "| 3 | ws | 6 | 0 |" in text
     assert "| 3 | sse |" in text
+    assert "| 3 | retell | 6 | 0 |" in text
     assert plot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 

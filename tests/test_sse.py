@@ -481,7 +481,7 @@ def test_unknown_route_and_wrong_method(server: Process) -> None:
 
 
 def test_body_over_the_limit(server: Process) -> None:
-    big = b'{"messages": [{"role": "user", "content": "' + b"x" * (5 * 1024 * 1024) + b'"}]}'
+    big = b'{"messages": [{"role": "user", "content": "' + b"x" * (17 * 1024 * 1024) + b'"}]}'
     response = post_raw(server, big)
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "body_too_large"

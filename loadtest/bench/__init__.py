@@ -13,7 +13,12 @@ against each target in turn:
 - ``ws``: the server's ``/ws``, one socket per virtual client kept open across its turns;
   a turn is a ``chat`` frame with the same messages and settings as the SSE body, a
   token is a ``delta`` frame of that turn with non-empty ``content``, and the turn ends
-  at its ``done`` (``stop`` or ``length``; anything else, or an ``error``, fails it).
+  at its ``done`` (``stop`` or ``length``; anything else, or an ``error``, fails it);
+- ``retell``: the server's ``/llm-websocket/{call_id}``, one socket (a call) per virtual
+  client; a turn is a ``response_required`` frame with the same conversation as Retell's
+  transcript (the server adds the system prompt: ``--system-prompt``), a token is a
+  ``response`` frame of that ``response_id`` with non-empty ``content``, and the turn ends
+  at its ``content_complete`` frame (one without any content fails it).
 
 By default the levels are 1, 50 and 200, and each level runs direct, then the server
 targets, then direct again: the two direct runs bracket the server runs, are pooled as
@@ -61,14 +66,16 @@ from .http import HttpConnection
 from .settings import parse_args
 from .stats import percentile
 from .streams import NdjsonTokens, SseTokens, StreamFailed, StreamRecord
-from .targets import TARGETS, HttpTarget, Target, TargetClient, WsTarget
-from .websocket import WsConnection, ws_connect, ws_frame
+from .targets import TARGETS, HttpTarget, RetellTarget, Target, TargetClient, WsTarget
+from .websocket import RetellConnection, WsConnection, ws_connect, ws_frame
 
 __all__ = [
     "TARGETS",
     "HttpConnection",
     "HttpTarget",
     "NdjsonTokens",
+    "RetellConnection",
+    "RetellTarget",
     "SseTokens",
     "StreamFailed",
     "StreamRecord",

@@ -24,11 +24,15 @@ from .targets import TARGETS, Endpoints
 __all__ = ["main"]
 
 
+# A warning or error in the server's log, as text or as JSON lines.
+_PROBLEMS = (" WARNING ", " ERROR ", '"level":"warning"', '"level":"error"', "Traceback")
+
+
 def _log_warnings(child: Child) -> list[str]:
     return [
         line
         for line in child.log_text().splitlines()
-        if " WARNING " in line or " ERROR " in line or "Traceback" in line
+        if any(problem in line for problem in _PROBLEMS)
     ]
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .targets import TARGETS
+from .targets import SYSTEM_PROMPT, TARGETS
 
 __all__ = [
     "DEFAULT_LEVELS",
@@ -102,8 +102,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument(
         "--targets",
         type=_csv_targets,
-        default=("direct", "sse", "ws"),
-        help=f"targets, in order (default direct,sse,ws; known: {','.join(TARGETS)})",
+        default=("direct", "sse", "ws", "retell"),
+        help=f"targets, in order (default direct,sse,ws,retell; known: {','.join(TARGETS)})",
     )
     parser.add_argument("--ttft", type=float, default=50.0, help="simulated ms to first token")
     parser.add_argument("--itl", type=float, default=20.0, help="simulated ms between tokens")
@@ -228,12 +228,18 @@ def simulator_args(settings: Settings) -> list[str]:
 
 
 def server_args(settings: Settings) -> list[str]:
-    """The server's arguments: ``--model``, the ``--server-arg`` ones, ``--max-concurrency``.
+    """The server's arguments: ``--model``, the ``--server-arg`` ones, ``--max-concurrency``
+    and, for the ``retell`` target, ``--system-prompt``.
 
     Unless given, ``--max-concurrency`` is the simulator's slot count (as one matches it
-    to ``OLLAMA_NUM_PARALLEL``), so the server admits every stream the simulator serves.
+    to ``OLLAMA_NUM_PARALLEL``), so the server admits every stream the simulator serves;
+    the system prompt is the conversation's, which Retell's transcript lacks (the other
+    targets send it, so it does not apply to them).
     """
     args = ["--model", settings.model, *settings.server_args]
     if not any(a == "--max-concurrency" or a.startswith("--max-concurrency=") for a in args):
         args += ["--max-concurrency", str(settings.parallel)]
+    given = any(a == "--system-prompt" or a.startswith("--system-prompt=") for a in args)
+    if "retell" in settings.targets and not given:
+        args += ["--system-prompt", SYSTEM_PROMPT]
     return args

@@ -1,12 +1,15 @@
 """Targets: how one virtual client opens a stream and records its token arrival times.
 
 ``direct`` (the simulator's ``/api/chat``), ``sse`` (the server's
-``/v1/chat/completions``) and ``ws`` (the server's ``/ws``) are registered in
-``TARGETS``; all three send the same conversation with the same settings.
+``/v1/chat/completions``), ``ws`` (the server's ``/ws``) and ``retell`` (the server's
+``/llm-websocket/{call_id}``) are registered in ``TARGETS``; all send the same
+conversation (``retell`` as Retell's transcript, the server adding the system prompt,
+:data:`SYSTEM_PROMPT`, from its ``--system-prompt``).
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -17,16 +20,19 @@ import orjson
 
 from .http import HttpConnection, http_connect
 from .streams import BodyParser, NdjsonTokens, SseTokens, StreamFailed, StreamRecord
-from .websocket import WsConnection, ws_connect
+from .websocket import RetellConnection, WsConnection, ws_connect
 
 __all__ = [
+    "SYSTEM_PROMPT",
     "TARGETS",
     "Endpoints",
     "HttpTarget",
+    "RetellTarget",
     "Target",
     "TargetClient",
     "WsTarget",
     "direct_target",
+    "retell_target",
     "sse_target",
     "ws_target",
 ]
@@ -159,6 +165,8 @@ _MESSAGES = [
     {"role": "assistant", "content": "Of course. May I have your name, please?"},
     {"role": "user", "content": "It's Sam Taylor. Do you have anything next Tuesday afternoon?"},
 ]
+SYSTEM_PROMPT: str = _MESSAGES[0]["content"]
+"""The conversation's system prompt: the server's ``--system-prompt`` for ``retell``."""
 
 
 def direct_target(ends: Endpoints) -> Target:
@@ -219,6 +227,8 @@ def sse_target(ends: Endpoints) -> Target:
 class WsTarget(Target):
     """The server's ``/ws``: one socket per virtual client, kept open across its turns."""
 
+    connection: type[WsConnection] = WsConnection
+
     def __init__(
         self,
         name: str,
@@ -237,8 +247,12 @@ class WsTarget(Target):
         # rest of the object: '{"type":"chat","id":"7",' + '"messages":[...],...}'.
         self._rest = b'",' + orjson.dumps(fields)[1:]
 
-    def chat_frame(self, turn_id: str) -> bytes:
-        """The ``chat`` frame of one turn, as UTF-8 JSON."""
+    def path(self) -> str:
+        """The path a new socket opens."""
+        return "/ws"
+
+    def turn_frame(self, turn_id: str) -> bytes:
+        """The frame that starts one turn, as UTF-8 JSON."""
         return b'{"type":"chat","id":"' + turn_id.encode() + self._rest
 
     def client(self) -> TargetClient:
@@ -257,11 +271,13 @@ class _WsClient(TargetClient):
         target = self._target
         conn = self._conn
         if conn is None or conn.closed:
-            conn = await ws_connect(target.host, target.port, "/ws", target.headers)
+            conn = await ws_connect(
+                target.host, target.port, target.path(), target.headers, target.connection
+            )
             self._conn = conn
         self._turns += 1
         turn_id = str(self._turns)
-        await conn.turn(turn_id, target.chat_frame(turn_id), record)
+        await conn.turn(turn_id, target.turn_frame(turn_id), record)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -285,9 +301,67 @@ def ws_target(ends: Endpoints) -> Target:
     )
 
 
+class RetellTarget(WsTarget):
+    """The server's ``/llm-websocket/{call_id}``: a call per socket, as Retell opens them.
+
+    A turn is a ``response_required`` frame with the conversation as Retell's transcript
+    (``agent`` and ``user`` utterances, no system message) and the turn number as its
+    ``response_id``.
+    """
+
+    connection = RetellConnection
+
+    def __init__(
+        self,
+        name: str,
+        description: str,
+        host: str,
+        port: int,
+        headers: Sequence[str],
+        transcript: list[dict[str, str]],
+    ) -> None:
+        super().__init__(name, description, host, port, headers, {})
+        # '{"interaction_type":"response_required","response_id":' + '7' + ',"transcript":...}'
+        self._rest = b"," + orjson.dumps({"transcript": transcript})[1:]
+        self._calls = itertools.count(1)
+
+    def path(self) -> str:
+        return f"/llm-websocket/call_bench_{next(self._calls)}"
+
+    def turn_frame(self, turn_id: str) -> bytes:
+        return (
+            b'{"interaction_type":"response_required","response_id":'
+            + turn_id.encode()
+            + self._rest
+        )
+
+
+def retell_target(ends: Endpoints) -> Target:
+    """``/llm-websocket/{call_id}`` on the server: the SSE target's conversation, as Retell
+    sends it."""
+    assert ends.server_host is not None
+    assert ends.server_port is not None
+    headers = [f"Authorization: Bearer {ends.api_key}"] if ends.api_key else []
+    roles = {"assistant": "agent", "user": "user"}
+    transcript = [
+        {"role": roles[m["role"]], "content": m["content"]}
+        for m in _MESSAGES
+        if m["role"] != "system"
+    ]
+    return RetellTarget(
+        "retell",
+        "server, /llm-websocket/{call_id}, Retell's frames",
+        ends.server_host,
+        ends.server_port,
+        headers,
+        transcript,
+    )
+
+
 # Target name -> (whether it needs the server started, factory).
 TARGETS: dict[str, tuple[bool, Callable[[Endpoints], Target]]] = {
     "direct": (False, direct_target),
     "sse": (True, sse_target),
     "ws": (True, ws_target),
+    "retell": (True, retell_target),
 }

@@ -1,4 +1,6 @@
-"""The load generator's websocket client: a minimal RFC 6455 client for the server's ``/ws``.
+"""The load generator's websocket clients: minimal RFC 6455 clients for the server's
+``/ws`` (:class:`WsConnection`) and Retell's ``/llm-websocket/{call_id}``
+(:class:`RetellConnection`).
 
 Handshake, masked client frames, unmasked server text frames, ping answered by pong,
 close; one clock reading per ``data_received`` and one ``orjson.loads`` per frame.
@@ -11,13 +13,13 @@ import base64
 import hashlib
 import os
 import time
-from collections.abc import Sequence
-from typing import cast
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 from .http import ERROR_BODY_LIMIT
 from .streams import StreamFailed, StreamRecord, decode_json
 
-__all__ = ["WsConnection", "ws_connect", "ws_frame"]
+__all__ = ["RetellConnection", "WsConnection", "ws_connect", "ws_frame"]
 
 
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -219,6 +221,10 @@ class WsConnection(asyncio.Protocol):
         obj = decode_json(data, "websocket frame")
         if not isinstance(obj, dict):
             raise StreamFailed(f"websocket frame is not an object: {data[:80]!r}")
+        self.frame(obj, now)
+
+    def frame(self, obj: dict[str, Any], now: float) -> None:
+        """One decoded frame of the ``/ws`` protocol, arrived at ``now``."""
         record = self._record
         kind = obj.get("type")
         turn_id = obj.get("id")
@@ -235,13 +241,17 @@ class WsConnection(asyncio.Protocol):
             reason = obj.get("finish_reason")
             if reason not in ("stop", "length"):
                 raise StreamFailed(f"turn ended with finish_reason {reason!r}")
-            self._record = None
-            waiter, self._waiter = self._waiter, None
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+            self._done()
         elif kind == "error":
             message = str(obj.get("message"))[:120]
             raise StreamFailed(f"error frame: {obj.get('code')}: {message}")
+
+    def _done(self) -> None:
+        """The turn in flight ended well."""
+        self._record = None
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _fail(self, exc: StreamFailed) -> None:
         if not self.opened.done():
@@ -255,12 +265,53 @@ class WsConnection(asyncio.Protocol):
             self.close()
 
 
-async def ws_connect(host: str, port: int, path: str, headers: Sequence[str] = ()) -> WsConnection:
-    """Open a websocket and wait for the handshake; raise :class:`StreamFailed`."""
+class RetellConnection(WsConnection):
+    """Retell's LLM websocket, held as Retell holds it: one socket per call.
+
+    A turn is a ``response_required`` frame whose ``response_id`` is the turn id (1,
+    2...); a token is a ``response`` frame of that id with non-empty ``content``, and the
+    frame with ``content_complete: true`` ends it (an empty response fails it: silence
+    on a call). The config, the opening response (id 0) and the server's pings are
+    ignored.
+    """
+
+    def __init__(self, host: str, port: int, path: str, headers: Sequence[str] = ()) -> None:
+        super().__init__(host, port, path, headers)
+        self._response_id = -1
+
+    def turn(self, turn_id: str, frame: bytes, record: StreamRecord) -> asyncio.Future[None]:
+        self._response_id = int(turn_id)
+        return super().turn(turn_id, frame, record)
+
+    def frame(self, obj: dict[str, Any], now: float) -> None:
+        record = self._record
+        if record is None or obj.get("response_id") != self._response_id:
+            return
+        if obj.get("response_type") != "response":
+            return
+        content = obj.get("content")
+        if content:
+            record.tokens.append(now)
+            record.chars += len(content)
+        if obj.get("content_complete"):
+            if not record.tokens:
+                raise StreamFailed("a complete response without content")
+            self._done()
+
+
+async def ws_connect(
+    host: str,
+    port: int,
+    path: str,
+    headers: Sequence[str] = (),
+    connection: Callable[[str, int, str, Sequence[str]], WsConnection] = WsConnection,
+) -> WsConnection:
+    """Open a websocket (a ``connection``) and wait for the handshake; raise
+    :class:`StreamFailed`."""
     loop = asyncio.get_running_loop()
     try:
         _, conn = await loop.create_connection(
-            lambda: WsConnection(host, port, path, headers), host, port
+            lambda: connection(host, port, path, headers), host, port
         )
     except OSError as exc:
         raise StreamFailed(f"connect failed: {exc.strerror or exc}") from None

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Iterable
+from urllib.parse import parse_qs
+
+import orjson
 
 from ..core.errors import ServiceError
+from ..ops.logs import log_rejection
+from .asgi import Scope, Send
 
-__all__ = ["KeyCheck"]
+__all__ = ["KeyCheck", "check_websocket_key"]
 
 
 def _given_key(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
@@ -45,3 +50,28 @@ class KeyCheck:
             )
         if not hmac.compare_digest(given, self._key):
             raise ServiceError(401, "invalid_api_key", "the API key is not valid")
+
+
+async def check_websocket_key(keys: KeyCheck, scope: Scope, send: Send) -> bool:
+    """Check a websocket handshake's key: in a header, or ``?api_key=`` in the URL.
+
+    Returns True when it may be accepted; otherwise the refusal (401 and an OpenAI
+    error object) has been sent and the connection is done.
+    """
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    query_key = query.get("api_key", [None])[-1]
+    try:
+        keys.check(scope["headers"], query_key.encode() if query_key else None)
+    except ServiceError as exc:
+        log_rejection(exc, "GET", scope["path"])
+        body = orjson.dumps(exc.to_openai())
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": exc.status,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "websocket.http.response.body", "body": body})
+        return False
+    return True

@@ -9,6 +9,8 @@ Routes (one port, run by uvicorn):
 - ``GET /health``: JSON about Ollama and the model; ``GET /ping``: 204 while the
   model warms, 200 once it is warm (RunPod's load-balancer convention).
 - ``/ws`` without a websocket upgrade: 426, with ``Upgrade: websocket``.
+- websockets: ``/ws`` (:mod:`server.doors.ws`) and Retell's ``/llm-websocket/{call_id}``
+  (:mod:`server.doors.retell`).
 
 Every request refused with a 4xx is logged, one line each (:func:`log_rejection`).
 
@@ -45,6 +47,7 @@ from ..ops.metrics import CONTENT_TYPE, Metrics
 from ..tools import load_tools
 from .asgi import JSON, Disconnected, Receive, Scope, Send, read_body, respond
 from .auth import KeyCheck
+from .retell import RETELL_PATH, RetellEndpoint
 from .vapi import WEBHOOK_PATH, VapiWebhook
 from .ws import WebSocketEndpoint
 
@@ -72,11 +75,12 @@ class App:
         self._websocket = WebSocketEndpoint(config, engine)
         tools = load_tools(config.tools_module) if config.tools_module else None
         self.vapi = VapiWebhook(config, tools)
+        self.retell = RetellEndpoint(config, engine, tools)
         answers = self.vapi.answers
         engine.prime(
             priming_turns((answers.system_prompt, config.system_prompt), answers.model_tools)
         )
-        self.metrics = Metrics(engine, lambda: self.vapi.counts)
+        self.metrics = Metrics(engine, lambda: self.vapi.counts, lambda: self.retell.frames)
         # path -> (method, handler, whether the API key is required)
         self._routes: dict[str, tuple[str, _Handler, bool]] = {
             "/health": ("GET", self._health, False),
@@ -99,6 +103,8 @@ class App:
             await self._lifespan(receive, send)
         elif scope["path"] == "/ws":
             await self._websocket(scope, receive, send)
+        elif scope["path"].startswith(RETELL_PATH):
+            await self.retell(scope, receive, send)
         else:
             await send({"type": "websocket.close", "code": 1008})
 

@@ -28,7 +28,6 @@ import uuid
 from contextlib import aclosing
 from dataclasses import replace
 from typing import Any
-from urllib.parse import parse_qs
 
 import orjson
 
@@ -38,9 +37,8 @@ from ..config import Config
 from ..core.engine import Engine
 from ..core.errors import ServiceError
 from ..core.events import Failure, Finish, TextDelta, ToolCall, Turn, Usage
-from ..ops.logs import log_rejection
 from .asgi import Receive, Scope, Send
-from .auth import KeyCheck
+from .auth import KeyCheck, check_websocket_key
 
 __all__ = ["WebSocketEndpoint"]
 
@@ -63,21 +61,7 @@ class WebSocketEndpoint:
         message = await receive()
         if message["type"] != "websocket.connect":
             return
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        query_key = query.get("api_key", [None])[-1]
-        try:
-            self._keys.check(scope["headers"], query_key.encode() if query_key else None)
-        except ServiceError as exc:
-            log_rejection(exc, "GET", scope["path"])
-            body = orjson.dumps(exc.to_openai())
-            await send(
-                {
-                    "type": "websocket.http.response.start",
-                    "status": exc.status,
-                    "headers": [(b"content-type", b"application/json")],
-                }
-            )
-            await send({"type": "websocket.http.response.body", "body": body})
+        if not await check_websocket_key(self._keys, scope, send):
             return
         await send({"type": "websocket.accept"})
         session = _Session(self, send)

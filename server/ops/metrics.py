@@ -36,9 +36,15 @@ def _histogram(name: str, text: str, histogram: Histogram) -> HistogramMetricFam
 
 
 class _EngineCollector(Collector):
-    def __init__(self, engine: Engine, webhooks: Callable[[], Mapping[str, int]] | None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        webhooks: Callable[[], Mapping[str, int]] | None,
+        retell: Callable[[], Mapping[str, int]] | None,
+    ) -> None:
         self._engine = engine
         self._webhooks = webhooks
+        self._retell = retell
 
     def collect(self) -> Iterator[Metric]:
         engine = self._engine
@@ -133,16 +139,28 @@ class _EngineCollector(Collector):
             for kind, count in self._webhooks().items():
                 webhooks.add_metric([kind], count)
             yield webhooks
+        if self._retell is not None:
+            frames = CounterMetricFamily(
+                "voice_llm_retell_frames",
+                "Frames from Retell by interaction_type (unknown types, unreadable frames).",
+                labels=["interaction_type"],
+            )
+            for kind, count in self._retell().items():
+                frames.add_metric([kind], count)
+            yield frames
 
 
 class Metrics:
-    """The registry behind ``/metrics`` for one engine (and its webhook counts, if any)."""
+    """The registry behind ``/metrics`` for one engine (and its webhook and Retell counts)."""
 
     def __init__(
-        self, engine: Engine, webhooks: Callable[[], Mapping[str, int]] | None = None
+        self,
+        engine: Engine,
+        webhooks: Callable[[], Mapping[str, int]] | None = None,
+        retell: Callable[[], Mapping[str, int]] | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(_EngineCollector(engine, webhooks))
+        self.registry.register(_EngineCollector(engine, webhooks, retell))
 
     def render(self) -> bytes:
         """The exposition text."""
