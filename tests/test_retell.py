@@ -678,6 +678,28 @@ def test_ollama_down_gets_a_complete_empty_response_and_the_socket_stays() -> No
         server.stop()
 
 
+def test_ollama_down_with_a_fallback_message_speaks_it() -> None:
+    sorry = "Sorry, I am having trouble right now. Please call back in a minute."
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = start_server(dead, "--fallback-message", sorry, wait_warm=False)
+    try:
+        with open_call(server, "call_sorry") as client:
+            client.send(asked(1, said("user", "Hello?")))
+            frames = [client.recv(), client.recv()]
+        assert frames == [
+            ResponseResponse(
+                response_type="response", response_id=1, content=sorry, content_complete=False
+            ),
+            ResponseResponse(
+                response_type="response", response_id=1, content="", content_complete=True
+            ),
+        ]
+    finally:
+        server.stop()
+
+
 def test_retell_settings_are_checked() -> None:
     config = parse_config(
         ["--retell-auto-reconnect", "off", "--retell-begin-message", "Hi!"],

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
@@ -31,8 +30,9 @@ import orjson
 
 from ..config import Config
 from .backend import CONTROL_ERRORS, Backend, error_text
+from .decode import Decoder
 from .errors import ServiceError
-from .events import Event, Failure, Finish, FinishReason, TextDelta, ToolCall, Turn, Usage
+from .events import Event, Failure, Finish, TextDelta, Turn, Usage
 from .router import CallKey, Router
 from .stats import Stats
 from .upstream import Connection, UpstreamClosed, UpstreamTimeout
@@ -58,87 +58,13 @@ _RETRYABLE = frozenset(
 )
 
 
-def _usage(chunk: dict[str, Any]) -> Usage:
-    return Usage(
-        prompt_tokens=chunk.get("prompt_eval_count", 0),
-        completion_tokens=chunk.get("eval_count", 0),
-        load_seconds=chunk.get("load_duration", 0) / 1e9,
-        prompt_seconds=chunk.get("prompt_eval_duration", 0) / 1e9,
-        eval_seconds=chunk.get("eval_duration", 0) / 1e9,
-        total_seconds=chunk.get("total_duration", 0) / 1e9,
-    )
-
-
-class _Decoder:
-    """Turns the NDJSON lines of one response into events.
-
-    Thinking (``message.thinking``) is never spoken: it is only counted. Tool calls
-    get ids of the server's own and consecutive indexes; without
-    ``parallel_tool_calls``, calls after the first are dropped.
-    """
-
-    __slots__ = ("calls", "parallel", "thinking", "usage")
-
-    def __init__(self, parallel_tool_calls: bool) -> None:
-        self.parallel = parallel_tool_calls
-        self.calls = 0
-        self.thinking = 0
-        self.usage: Usage | None = None
-
-    def feed(self, line: bytes) -> tuple[Event, ...]:
-        """The events of one line (often one :class:`TextDelta`, often none).
-
-        Raises :class:`UpstreamClosed` for an error line, and ``orjson.JSONDecodeError``
-        for a line that is not JSON.
-        """
-        chunk = orjson.loads(line)
-        message = chunk.get("message")
-        events: tuple[Event, ...] = ()
-        if message is not None:
-            content = message.get("content")
-            if content:
-                events = (TextDelta(content),)
-            if message.get("thinking"):
-                self.thinking += 1
-            tool_calls = message.get("tool_calls")
-            if tool_calls:
-                if not self.parallel:  # the client takes one call per reply
-                    tool_calls = [] if self.calls else tool_calls[:1]
-                events += tuple(self._tool_call(call) for call in tool_calls)
-        if chunk.get("done"):
-            usage = self.usage = _usage(chunk)
-            reason = chunk.get("done_reason")
-            finish: FinishReason = (
-                "tool_calls" if self.calls else "length" if reason == "length" else "stop"
-            )
-            return (*events, Finish(finish, usage))
-        error = chunk.get("error")
-        if error is not None:
-            raise UpstreamClosed(f"Ollama failed mid-stream: {error}")
-        return events
-
-    def _tool_call(self, call: dict[str, Any]) -> ToolCall:
-        function = call.get("function") or {}
-        arguments = function.get("arguments")
-        if not isinstance(arguments, str):
-            arguments = orjson.dumps(arguments if arguments is not None else {}).decode()
-        index = self.calls
-        self.calls += 1
-        return ToolCall(
-            index=index,
-            id=f"call_{uuid.uuid4().hex[:24]}",
-            name=str(function.get("name", "")),
-            arguments=arguments,
-        )
-
-
 @dataclass(slots=True)
 class _Started:
     """A turn that has its first events from one backend, and the connection for the rest."""
 
     backend: Backend
     conn: Connection
-    decoder: _Decoder
+    decoder: Decoder
     events: tuple[Event, ...]
     admitted_at: float
     first_at: float
@@ -361,6 +287,9 @@ class Engine:
                 begun.close(time())
                 if begun.decoder.thinking:
                     self._thinking(begun.decoder.thinking)
+                if begun.decoder.truncated:
+                    stats.truncated_calls += 1
+                    problem = problem or "the answer ended inside a tool call, which was dropped"
             if first is not None:
                 stats.ttft.observe(first - started)
             stats.outcomes[outcome] += 1
@@ -456,7 +385,8 @@ class Engine:
             if not backend.ready:  # it went away while this turn waited for a slot
                 raise backend.not_ready()
             conn = await backend.open(body, max(deadline - admitted, 0.001))
-            decoder = _Decoder(turn.parallel_tool_calls)
+            names = [t["function"]["name"] for t in turn.tools] if turn.tools else None
+            decoder = Decoder(turn.parallel_tool_calls, names)
             while True:
                 line = await conn.readline()
                 if conn.status != 200:

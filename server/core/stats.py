@@ -46,5 +46,6 @@ class Stats:
     hedges: int = 0  # turns started on a second backend too
     hedge_wins: int = 0  # hedged turns the second backend answered first
     thinking_lines: int = 0  # thinking lines Ollama sent, which were not spoken
+    truncated_calls: int = 0  # answers that ended inside a tool call written as text
     ttft: Histogram = field(default_factory=lambda: Histogram(_TTFT_BOUNDS))
     itl: Histogram = field(default_factory=lambda: Histogram(_ITL_BOUNDS))

@@ -119,6 +119,11 @@ class _EngineCollector(Collector):
                 engine.router.moved,
             ),
             ("thinking_lines", "Thinking lines Ollama sent, never spoken.", stats.thinking_lines),
+            (
+                "truncated_tool_calls",
+                "Answers that ended inside a tool call written as text (dropped).",
+                stats.truncated_calls,
+            ),
         ):
             yield CounterMetricFamily(f"voice_llm_{name}", text, value=count)
         yield GaugeMetricFamily(
