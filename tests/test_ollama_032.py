@@ -37,7 +37,9 @@ TOOLS: list[dict[str, Any]] = [
 def stream(server: Process, content: str, **fields: Any) -> tuple[str, list[Any], list[str]]:
     """Spoken text, tool calls and finish reasons of a stream read by the openai SDK."""
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
-    text, calls, reasons = [], [], []
+    text: list[str] = []
+    calls: list[Any] = []
+    reasons: list[str] = []
     with client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": content}], stream=True, **fields
     ) as chunks:
@@ -170,7 +172,7 @@ def test_a_response_without_a_done_line_ends_the_stream_cleanly(models: Any) -> 
     server = servers["llama3.1:8b"]
     marker = uuid.uuid4().hex[:8]
     with httpx.Client(timeout=10) as http:
-        body = {
+        body: dict[str, Any] = {
             "messages": [{"role": "user", "content": f"{marker} [[end-after:2]]"}],
             "stream": True,
         }
