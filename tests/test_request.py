@@ -21,10 +21,8 @@ import pytest
 from websockets.sync.client import connect
 
 from server.chat.normalise import KINDS, OPENING_LINE
-from server.chat.render import ChunkRenderer, usage_dict
 from server.chat.request import parse_chat_request
 from server.config import Config
-from server.core.events import Usage
 from server.doors import serverless
 
 from .bodies import BOOK_TOOL
@@ -477,18 +475,6 @@ def test_the_call_key_names_the_conversation() -> None:
     assert key(prompt_cache_key="", user="user-1", user_id="eleven-1") == "user-1"
     assert key(user_id="eleven-1") == "eleven-1"
     assert key() is None
-
-
-def test_cached_tokens_are_rendered_only_when_known() -> None:
-    known = Usage(prompt_tokens=900, completion_tokens=12, cached_tokens=850)
-    assert usage_dict(known) == {
-        "prompt_tokens": 900,
-        "completion_tokens": 12,
-        "total_tokens": 912,
-        "prompt_tokens_details": {"cached_tokens": 850},
-    }
-    unknown = ChunkRenderer(MODEL).usage(Usage(prompt_tokens=900, completion_tokens=12))
-    assert unknown["usage"] == {"prompt_tokens": 900, "completion_tokens": 12, "total_tokens": 912}
 
 
 class _TwoCalls(BaseHTTPRequestHandler):

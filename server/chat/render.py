@@ -36,15 +36,16 @@ def sse(obj: dict[str, Any]) -> bytes:
 
 
 def usage_dict(usage: Usage) -> dict[str, Any]:
-    """OpenAI's usage object, with ``prompt_tokens_details.cached_tokens`` when known."""
-    result: dict[str, Any] = {
+    """OpenAI's usage object.
+
+    Without ``prompt_tokens_details.cached_tokens``: Ollama counts cached and evaluated
+    prompt tokens together (``prompt_eval_count``), so the server cannot tell them apart.
+    """
+    return {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
     }
-    if usage.cached_tokens is not None:
-        result["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens}
-    return result
 
 
 def finish_reason(last: Finish | Failure | None) -> str:

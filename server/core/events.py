@@ -70,11 +70,7 @@ class ToolCall:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Token counts and Ollama's own timings of one turn, in seconds.
-
-    ``cached_tokens`` counts the prompt tokens read from Ollama's prompt cache, when the
-    server can tell (``None`` otherwise).
-    """
+    """Token counts and Ollama's own timings of one turn, in seconds."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -82,7 +78,6 @@ class Usage:
     prompt_seconds: float = 0.0
     eval_seconds: float = 0.0
     total_seconds: float = 0.0
-    cached_tokens: int | None = None
 
     @property
     def total_tokens(self) -> int:
