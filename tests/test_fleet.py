@@ -156,6 +156,27 @@ def test_a_dead_backend_fails_over_unseen(trio: list[FakeOllama]) -> None:
         server.stop()
 
 
+def test_a_call_whose_backend_is_not_warm_moves_without_an_error(trio: list[FakeOllama]) -> None:
+    server = fleet_server(trio, "--warm-check-interval", "0.2")
+    marker = f"cold-{uuid.uuid4().hex[:8]}"
+    try:
+        call = {"id": marker}
+        assert spoken(post(server, {"messages": conversation(marker, 1), "call": call}))
+        (pinned,) = served_by(trio, marker)
+        trio[pinned].configure(load_ms=60000)  # its next load takes a minute
+        httpx.post(f"{trio[pinned].url}/_sim/evict", timeout=5)
+        with httpx.Client(timeout=5) as http:
+            wait_for(
+                lambda: not http.get(f"{server.url}/health").json()["backends"][pinned]["warm"]
+            )
+        for n in range(2, 4):
+            assert spoken(post(server, {"messages": conversation(marker, n), "call": call}))
+        assert served_by(trio, marker)[0] == pinned
+        assert pinned not in served_by(trio, marker)[1:]
+    finally:
+        server.stop()
+
+
 def test_a_slow_first_token_fails_over_within_the_budget() -> None:
     slow = start_fake(*FAST, "--parallel", "4", "--ttft", "5000")
     fast = start_fake(*FAST, "--parallel", "4")
@@ -222,6 +243,9 @@ def test_every_slot_of_every_backend_is_primed() -> None:
                 assert body["messages"][0] == {"role": "system", "content": prompt}
                 assert body["options"]["num_predict"] == 1
                 assert body["keep_alive"] == -1
+            slots = fake.stats()["slots"]
+            assert len(slots) == 2
+            assert all(slot["cached_tokens"] > len(prompt) // 4 for slot in slots)
     finally:
         server.stop()
         for fake in fakes:
