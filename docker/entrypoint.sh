@@ -266,27 +266,50 @@ forget_child() {
   children=("${left[@]}")
 }
 
-# Start the next check of the server's /health: in HEALTH_INTERVAL seconds, one line per
-# Ollama of this container that the server lists, "<url> ok" or "<url> stuck", into
-# watch_file; nothing when the server does not answer.
+# Start the watch on the server's /health: a process that reads it every
+# HEALTH_INTERVAL seconds and exits once it reports an Ollama of this container stuck,
+# out of its grace (see start_again), writing "stuck <url>" for each such one and
+# "cleared <url>" for each whose grace ended early (the server warmed it) into
+# watch_file. A /health that does not answer is read again at the next interval.
 start_watch() {
   [[ $MODE == server && ${#ollama_urls[@]} -gt 0 && -z $stop_signal ]] || return 0
+  local i
+  local -a graces=()
+  for i in "${!ollama_urls[@]}"; do graces+=("${ollama_urls[i]}=${ollama_grace[i]}"); done
   "$PYTHON" -I -c '
 import json, sys, time, urllib.error, urllib.request
-time.sleep(float(sys.argv[1]))
+interval, health = float(sys.argv[1]), sys.argv[2] + "/health"
+grace = {url: int(until) for url, _, until in (arg.rpartition("=") for arg in sys.argv[3:])}
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-try:
-    with opener.open(sys.argv[2] + "/health", timeout=5) as response:
-        body = response.read()
-except urllib.error.HTTPError as exc:  # 503: some Ollama is not ready; the same report
-    body = exc.read()
-except OSError:
-    sys.exit(1)
-ours = set(sys.argv[3:])
-for backend in json.loads(body)["backends"]:
-    if backend["url"] in ours:
-        print(backend["url"], "stuck" if backend["stuck"] else "ok")
-' "$HEALTH_INTERVAL" "$health_url" "${ollama_urls[@]}" >"$watch_file" 2>/dev/null &
+cleared = []
+while True:
+    time.sleep(interval)
+    try:
+        with opener.open(health, timeout=5) as response:
+            body = response.read()
+    except urllib.error.HTTPError as exc:  # 503: no Ollama ready; the same report
+        body = exc.read()
+    except OSError:
+        continue
+    try:
+        backends = json.loads(body)["backends"]
+    except (ValueError, KeyError, TypeError):
+        continue
+    now, stuck = time.time() * 1e6, []
+    for backend in backends:
+        url = backend.get("url")
+        if url not in grace:
+            continue
+        if not backend.get("stuck"):
+            if grace[url]:
+                grace[url] = 0
+                cleared.append(url)
+        elif now >= grace[url]:
+            stuck.append(url)
+    if stuck:
+        print(*(f"cleared {url}" for url in cleared), *(f"stuck {url}" for url in stuck), sep="\n")
+        sys.exit(0)
+' "$HEALTH_INTERVAL" "$health_url" "${graces[@]}" >"$watch_file" 2>/dev/null &
   watch_pid=$!
 }
 
@@ -333,6 +356,11 @@ on_ollama_exit() {
   ollama_restarts[i]=$((restarts + 1))
   log "$(ollama_name "$i") exited with status $status; starting it again (restart $((restarts + 1)) of OLLAMA_RESTARTS=$OLLAMA_RESTARTS)"
   start_again "$i"
+  # The watch holds the graces it started with: give it this one's.
+  if [[ -n $watch_pid ]]; then
+    stop_watch
+    start_watch
+  fi
 }
 
 # Start Ollama $1 again. Until the server has warmed it (or for as long as a start and a
@@ -342,17 +370,16 @@ start_again() {
   ollama_grace[$1]=$(($(now_us) + (OLLAMA_START_TIMEOUT + PRELOAD_TIMEOUT) * 1000000))
 }
 
-# The /health check ended with status $1: restart each Ollama the server reports stuck,
-# then start the next check.
+# The watch ended with status $1: restart each Ollama it reports stuck, then watch again.
 on_watch() {
-  local url state i
+  local verdict url i
   watch_pid=""
   if (($1 == 0)); then
-    while read -r url state; do
+    while read -r verdict url; do
       i=${ollama_of_url[$url]}
-      if [[ $state == ok ]]; then
+      if [[ $verdict == cleared ]]; then
         ollama_grace[i]=0
-      elif [[ -z $stop_signal && -n ${ollama_pids[i]} ]] && (($(now_us) >= ollama_grace[i])); then
+      elif [[ -z $stop_signal && -n ${ollama_pids[i]} ]]; then
         log "the server reports $(ollama_name "$i") stuck; restarting it"
         stop_ollamas "$i"
         [[ -z $stop_signal ]] || return 0
