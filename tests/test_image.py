@@ -413,23 +413,20 @@ def test_a_stuck_ollama_is_restarted_alone_and_warmed_again(tmp_path: Path) -> N
         (first,), (second,) = run.serves_on(0), run.serves_on(1)
         healthy, stuck = psutil.Process(first.pid), psutil.Process(second.pid)
         stuck_url = run.ollama_at(1)
-        # The second one accepts turns but never sends a first token, as with a leaked slot:
-        # two turns that time out there while nothing streams make the server report it.
-        post_json(f"{stuck_url}/_sim/config", {"ttft": 600_000})
-        deadline = time.monotonic() + 30
-        turn = 0
-        while len(run.serves_on(1)) == 1:
-            assert time.monotonic() < deadline, run.output()
-            # No error reaches the caller: a silent backend's turns fail over.
-            assert text_of(chat(run.url, f"Hello {turn}")).startswith("Sure")
-            turn += 1
-        assert (
-            f"entrypoint: the server reports ollama serve at {stuck_url} (GPU 1) stuck; "
-            "restarting it"
-        ) in run.lines()
-        assert gone(stuck)
-        assert run.serves_on(0) == [first]  # the other one is left alone
-        assert healthy.is_running()
+
+        def make_stuck_until_restarted(starts: int) -> None:
+            """Silence the second Ollama, as a leaked slot does, and talk until it restarts.
+
+            Two turns that time out there while nothing streams make the server report it;
+            no error reaches the caller, since a silent Ollama's turns fail over.
+            """
+            post_json(f"{stuck_url}/_sim/config", {"ttft": 600_000})
+            deadline = time.monotonic() + 30
+            turn = 0
+            while len(run.serves_on(1)) < starts:
+                assert time.monotonic() < deadline, run.output()
+                assert text_of(chat(run.url, f"Hello {starts} {turn}")).startswith("Sure")
+                turn += 1
 
         def both_warm() -> bool:
             health = get_json(f"{run.url}/health")
@@ -437,9 +434,22 @@ def test_a_stuck_ollama_is_restarted_alone_and_warmed_again(tmp_path: Path) -> N
                 b["warm"] and b["stuck"] is None for b in health["backends"]
             )
 
+        make_stuck_until_restarted(2)
+        assert (
+            f"entrypoint: the server reports ollama serve at {stuck_url} (GPU 1) stuck; "
+            "restarting it"
+        ) in run.lines()
+        assert gone(stuck)
+        assert run.serves_on(0) == [first]  # the other one is left alone
+        assert healthy.is_running()
         run.wait_until(both_warm, "the restarted Ollama warm again")
         assert sim_requests(stuck_url)[0]["body"]["messages"] == []  # the server warmed it
-        assert len(run.serves_on(1)) == 2  # restarted once
+        assert len(run.serves_on(1)) == 2  # once: the old report was not taken for new
+
+        # Once warm again, the new process is watched like the old one.
+        make_stuck_until_restarted(3)
+        run.wait_until(both_warm, "the Ollama restarted twice warm again")
+        assert run.serves_on(0) == [first]
 
 
 def test_mode_ollama_runs_the_ollamas_alone(tmp_path: Path) -> None:
