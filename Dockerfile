@@ -1,13 +1,15 @@
 # syntax=docker/dockerfile:1
-# One image, two modes: MODE=server (RunPod pod or load-balancing endpoint, the default) or
-# MODE=serverless (RunPod queue endpoint). Ollama with the model baked in, the server and
-# the RunPod handler in a Python venv, and docker/entrypoint.sh running them. See
-# docs/deploy.md.
+# One image, three modes: MODE=server (RunPod pod or load-balancing endpoint, the default),
+# MODE=serverless (RunPod queue endpoint) or MODE=ollama (Ollama alone, for a server in
+# front of several). Ollama with the model baked in, the server and the RunPod handler in a
+# Python venv, and docker/entrypoint.sh running them, one Ollama per GPU with
+# OLLAMA_GPUS=auto. See docs/deploy.md.
 #
 #   docker build --build-arg MODEL=llama3.1:8b -t you/voice-llm:tag .
 
-# Ollama 0.12.11: the last release of the 0.12 series, on Ubuntu 24.04 (Python 3.12).
-ARG OLLAMA_VERSION=0.12.11
+# Ollama 0.32.15, the latest stable release (GGML models run in llama.cpp's llama-server),
+# on Ubuntu 24.04 (Python 3.12).
+ARG OLLAMA_VERSION=0.32.15
 ARG MODEL=llama3.1:8b
 
 # The model, pulled by a running `ollama serve` into a folder that a RunPod network volume
@@ -59,20 +61,29 @@ RUN apt-get update \
 COPY --from=venv /opt/venv /opt/venv
 WORKDIR /app
 COPY server/ server/
-COPY handler.py ./
+COPY handler.py pyproject.toml ./
 COPY --chmod=0755 docker/entrypoint.sh /usr/local/bin/entrypoint.sh
-RUN /opt/venv/bin/python -m compileall -q server handler.py
+# The entrypoint runs each `ollama serve` in a session of its own (util-linux's setsid).
+RUN /opt/venv/bin/python -m compileall -q server handler.py \
+    && command -v setsid >/dev/null
 
 ARG MODEL
 # Ollama: loopback only (the server is the way in), the baked models, one model kept
-# loaded for good with OLLAMA_NUM_PARALLEL streams at once. The server's MAX_CONCURRENCY
-# is left unset so that it follows OLLAMA_NUM_PARALLEL, also when a deployment changes it.
-# PORT 80 is what RunPod load-balancing endpoints expect by default.
+# loaded for good with OLLAMA_NUM_PARALLEL streams at once, nothing fetched from
+# ollama.com (OLLAMA_NO_CLOUD: since 0.30 `ollama serve` otherwise polls it for model
+# recommendations). Flash attention is left to Ollama, which turns it on where the GPU
+# supports it. One Ollama sees every GPU (OLLAMA_GPUS=auto: one per GPU). NUM_CTX fixes
+# the context per stream: Ollama's own default depends on the GPU's memory (4096, 32768 or
+# 262144 tokens), and the KV cache reserves NUM_CTX × OLLAMA_NUM_PARALLEL tokens. The
+# server's MAX_CONCURRENCY is left unset so that it follows OLLAMA_NUM_PARALLEL, also when
+# a deployment changes it. PORT 80 is what RunPod load-balancing endpoints expect.
 ENV OLLAMA_HOST=127.0.0.1:11434 \
     OLLAMA_MODELS=/opt/ollama/models \
     OLLAMA_KEEP_ALIVE=-1 \
     OLLAMA_NUM_PARALLEL=4 \
-    OLLAMA_FLASH_ATTENTION=1 \
+    OLLAMA_NO_CLOUD=1 \
+    OLLAMA_GPUS=1 \
+    NUM_CTX=8192 \
     MODEL=${MODEL} \
     MODE=server \
     HOST=0.0.0.0 \
