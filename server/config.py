@@ -150,10 +150,16 @@ def parse_keep_alive(value: str) -> str | int:
 
 
 def _ollama_url(value: str) -> str:
-    url = value.rstrip("/")
+    """An Ollama URL with its port, read as Ollama reads ``OLLAMA_HOST``.
+
+    ``host:port`` and a bare ``host`` (port 11434) are accepted, as Ollama accepts them;
+    ``http://host`` without a port is port 80, as Ollama reads it (``envconfig.Host``).
+    """
+    url = value.strip().rstrip("/")
+    default_port = 80
     if "://" not in url:
-        # OLLAMA_HOST is often written as host:port, as Ollama itself accepts it.
         url = f"http://{url}"
+        default_port = 11434
     parts = urlsplit(url)
     if parts.scheme != "http" or not parts.hostname or parts.path or parts.query:
         raise ConfigError(f"Ollama URL {url!r} must look like http://host:port")
@@ -161,8 +167,7 @@ def _ollama_url(value: str) -> str:
         port = parts.port
     except ValueError:
         raise ConfigError(f"Ollama URL {url!r} has an invalid port") from None
-    # Without a port, Ollama's own default, as its CLI assumes.
-    return url if port is not None else f"http://{parts.netloc}:11434"
+    return url if port is not None else f"http://{parts.netloc}:{default_port}"
 
 
 def _boolean(value: str) -> bool:

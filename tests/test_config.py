@@ -36,6 +36,11 @@ def test_environment_and_flags_flags_win() -> None:
     assert not config.loopback
     assert config.port == 9000
     assert config.ollama_url == "http://10.0.0.5:11434"
+    # Read as Ollama reads OLLAMA_HOST: a scheme without a port is that scheme's port.
+    assert parse_config([], {"OLLAMA_HOST": "http://10.0.0.5"}).ollama_url == "http://10.0.0.5:80"
+    assert parse_config([], {"OLLAMA_HOST": " 10.0.0.5:1234 "}).ollama_url == (
+        "http://10.0.0.5:1234"
+    )
     assert config.model == "qwen2.5:7b"
     assert config.api_key == "k"
     assert config.keep_alive == "30m"
