@@ -1,4 +1,4 @@
-"""Smoke runs of the multi-turn call scenarios, with tiny settings.
+"""Smoke runs of the multi-turn call scenarios (prompt cache, fleet routing), tiny settings.
 
 They check that each scenario runs end to end and prints its tables with a row for
 every case and turn, never the figures in them: those belong to a quiet machine.
@@ -7,6 +7,7 @@ every case and turn, never the figures in them: those belong to a quiet machine.
 from __future__ import annotations
 
 from loadtest.bench.calls import make_scripts, system_prompt
+from loadtest.bench.fleet import PHASES
 
 from .test_bench import run_module
 
@@ -55,3 +56,25 @@ def test_cache_scenario_prints_every_turn_of_every_case() -> None:
     for row in table(out, "A") + table(out, "B"):
         assert len(row) == 9
         assert row[8] in ("similarity", "lru"), out  # the simulator logged the turn
+
+
+def test_fleet_scenario_prints_every_routing_and_the_failover() -> None:
+    result = run_module(
+        "loadtest.bench.fleet", "--backends", "2", "--parallel", "1", "--calls", "3",
+        "--turns", "2", "--think", "0.2", "--think-jitter", "0", "--spread", "0.1",
+        "--kill-after", "0.3", *TINY,
+    )  # fmt: skip
+    assert result.returncode in (0, 1), result.stdout + result.stderr
+    out = result.stdout
+    for name in PHASES:
+        rows = table(out, name)
+        assert len(rows) == 2, out  # the summary and the per-turn TTFT
+        summary, per_turn = rows
+        assert len(summary) == 11
+        assert len(per_turn) == 3  # the name, turn 1, turn 2
+        if name != "failover":
+            assert summary[1:3] == ["6", "0"], out  # 3 calls x 2 turns, no error
+    assert "alone: at most 1 call(s) on one simulator" in out
+    assert "failover: simulator 2 of 2 killed" in out
+    for target in ("lower than round-robin", "the calls-alone one", "caller errors"):
+        assert target in out
