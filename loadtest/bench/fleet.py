@@ -228,6 +228,7 @@ class PhaseResult:
 async def _run_phase(
     settings: Settings, phase: Phase, scripts: list[CallScript], log_dir: Path
 ) -> PhaseResult:
+    """Start the configuration's simulators and server, make every call, read the logs."""
     backends = settings.calls if phase.alone else settings.backends
     parallel = 1 if phase.alone else settings.parallel
     sim_args = [
