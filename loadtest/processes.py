@@ -20,7 +20,15 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-__all__ = ["ROOT", "Child", "free_port", "simulator_and_server", "start_server", "start_simulator"]
+__all__ = [
+    "ROOT",
+    "Child",
+    "free_port",
+    "simulator_and_server",
+    "start_server",
+    "start_simulator",
+    "start_simulators",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,18 +99,41 @@ class Child:
 
 def start_simulator(args: Sequence[str], log_dir: Path) -> Child:
     """Start the simulator with ``args`` and wait for its ``listening on`` line (30 s)."""
+    return start_simulators(1, args, log_dir)[0]
+
+
+def start_simulators(count: int, args: Sequence[str], log_dir: Path) -> list[Child]:
+    """Start ``count`` simulators with ``args`` at once; wait for each ``listening on`` line.
+
+    One simulator logs to ``fake_ollama.log``, several to ``fake_ollama-1.log``... Within
+    30 s every one has printed its address, or all are stopped and RuntimeError raised.
+    """
     argv = [sys.executable, "-m", "loadtest.fake_ollama", "--port", "0", *args]
-    child = Child("fake_ollama", argv, log_dir)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        for line in child.log_text().splitlines():
-            if "listening on" in line:
-                child.url = line.split("listening on", 1)[1].strip()
-                return child
-        child.check_alive()
-        time.sleep(0.05)
-    child.stop()
-    raise RuntimeError("the simulator did not print its address within 30 s")
+    names = ["fake_ollama"] if count == 1 else [f"fake_ollama-{i}" for i in range(1, count + 1)]
+    children: list[Child] = []
+    try:
+        for name in names:
+            children.append(Child(name, argv, log_dir))
+        deadline = time.monotonic() + 30
+        waiting = list(children)
+        while waiting and time.monotonic() < deadline:
+            for child in waiting[:]:
+                for line in child.log_text().splitlines():
+                    if "listening on" in line:
+                        child.url = line.split("listening on", 1)[1].strip()
+                        waiting.remove(child)
+                        break
+                else:
+                    child.check_alive()
+            if waiting:
+                time.sleep(0.05)
+        if waiting:
+            raise RuntimeError(f"{waiting[0].name} did not print its address within 30 s")
+    except BaseException:
+        for child in children:
+            child.stop()
+        raise
+    return children
 
 
 def start_server(sim_url: str, args: Sequence[str], log_dir: Path) -> Child:

@@ -57,6 +57,11 @@ The modules: ``settings`` (the command line, the children's arguments), ``stream
 ``targets``, ``cpu`` (CPU accounting), ``run`` (one run, the plan of runs), ``stats``,
 ``compare`` (server against direct), ``report`` (printed tables, markdown), ``plot``
 (the PNG) and ``cli`` (the command itself).
+
+Two scenarios replay multi-turn calls through the server against the simulator's prompt
+cache: ``python -m loadtest.bench.cache`` (one Ollama: a call's TTFT per turn, its slot
+warm or taken between turns) and ``python -m loadtest.bench.fleet`` (several Ollamas,
+per routing policy, with failover); ``calls`` is what they share.
 """
 
 from __future__ import annotations
