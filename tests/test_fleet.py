@@ -252,6 +252,24 @@ def test_every_slot_of_every_backend_is_primed() -> None:
             fake.stop()
 
 
+def test_a_new_call_goes_where_fewer_calls_are_active() -> None:
+    async def run() -> list[int]:
+        backends = [Backend(Config(), f"http://127.0.0.1:{port}") for port in (1, 2)]
+        for backend in backends:
+            backend._warm.set()  # as the warm loop would, once the model is loaded
+        router = Router(backends, "pinned", 5000.0)
+        router.pin(router.key(Turn(messages=[], call_key="between-turns")), backends[0])
+        chosen = []
+        for n in range(4):  # idle, but its prompt is in a slot of the first backend
+            new = router.key(Turn(messages=[], call_key=f"new-{n}"))
+            chosen.append(backends.index(router.choose(new)))  # type: ignore[arg-type]
+        for backend in backends:
+            await backend.close()
+        return chosen
+
+    assert asyncio.run(run()) == [1, 1, 1, 1]
+
+
 def test_the_call_table_stays_bounded() -> None:
     async def run() -> int:
         config = Config()

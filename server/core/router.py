@@ -14,8 +14,10 @@ evaluation there. So, with the ``pinned`` policy (the default):
   waiting would cost more than evaluating its whole prompt elsewhere: when
   ``(turns waiting + 1) / slots * mean turn time`` exceeds
   ``prompt tokens / PREFILL_RATE``.
-- A new call goes to the least-loaded ready backend (turns streaming and waiting per
-  slot; ties rotate).
+- A new call goes to the ready backend with the fewest active calls per slot (calls
+  that had a turn in the last minute: an idle call's prompt still sits in a slot,
+  which a new call would take over), then the least loaded (turns streaming and
+  waiting per slot); ties rotate.
 
 ``least-loaded`` and ``round-robin`` ignore calls, for comparison. The tables of pins
 are bounded (least recently used calls are forgotten first), so memory stays flat
@@ -24,9 +26,12 @@ however many calls come and go.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
+from typing import Any
 
 from .backend import Backend
 from .events import Turn
@@ -35,6 +40,8 @@ __all__ = ["CallKey", "Router"]
 
 # Calls (and keyless conversations) remembered; one entry is a few hundred bytes.
 _TABLE_SIZE = 10_000
+# Seconds after its last turn that a call still counts as active where it is pinned.
+_ACTIVE_SECONDS = 60.0
 # Characters per token, to estimate a prompt Ollama has not counted yet.
 _CHARS_PER_TOKEN = 4
 
@@ -43,6 +50,7 @@ _CHARS_PER_TOKEN = 4
 class _Pin:
     backend: Backend
     prompt_tokens: int
+    used_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,20 +123,32 @@ class Router:
                     self.moved += 1
                     return self._least_loaded(free)
                 return backend
+            active = self._active_calls()
+            return self._least_loaded(ready, lambda b: (active.get(b, 0) / b.slots, b.load))
         return self._least_loaded(ready)
 
-    def _least_loaded(self, backends: list[Backend]) -> Backend:
+    def _least_loaded(
+        self, backends: list[Backend], load: Callable[[Backend], Any] = attrgetter("load")
+    ) -> Backend:
         self._next += 1
         start = self._next % len(backends)
         rotated = backends[start:] + backends[:start]
-        return min(rotated, key=lambda b: b.load)
+        return min(rotated, key=load)
+
+    def _active_calls(self) -> dict[Backend, int]:
+        """How many calls had a turn on each backend in the last ``_ACTIVE_SECONDS``."""
+        since = time.monotonic() - _ACTIVE_SECONDS
+        active: dict[Backend, int] = {}
+        for table in (self._calls, self._conversations):
+            for pin in reversed(table.values()):  # most recently used first
+                if pin.used_at < since:
+                    break
+                active[pin.backend] = active.get(pin.backend, 0) + 1
+        return active
 
     def _pin(self, call: CallKey) -> _Pin | None:
         if call.key is not None:
-            pin = self._calls.get(call.key)
-            if pin is not None:
-                self._calls.move_to_end(call.key)
-            return pin
+            return self._calls.get(call.key)
         # The newest turn's whole conversation is not a prefix an earlier turn sent.
         for digest in reversed(call.prefixes[:-1]):
             pin = self._conversations.get(digest)
@@ -146,15 +166,16 @@ class Router:
         if self.policy != "pinned" or len(self.backends) == 1:
             return
         tokens = prompt_tokens if prompt_tokens is not None else call.chars // _CHARS_PER_TOKEN
+        pin = _Pin(backend, tokens, time.monotonic())
         if call.key is not None:
             table: OrderedDict[str, _Pin] | OrderedDict[int, _Pin] = self._calls
-            self._calls[call.key] = _Pin(backend, tokens)
+            self._calls[call.key] = pin
             self._calls.move_to_end(call.key)
         elif call.prefixes:
             table = self._conversations
             for digest in call.prefixes[:-1]:
                 self._conversations.pop(digest, None)
-            self._conversations[call.prefixes[-1]] = _Pin(backend, tokens)
+            self._conversations[call.prefixes[-1]] = pin
             self._conversations.move_to_end(call.prefixes[-1])
         else:
             return
