@@ -220,7 +220,7 @@ class Engine:
                             yield TextDelta(_spaced(config.hold_message))
                         begun = await task
                     finally:
-                        await _settle(task, begun)
+                        _settle(task, begun)
             except ServiceError as exc:
                 if config.fallback_message is None:
                     if held:  # the stream began with the hold message: it ends as a failure
@@ -365,7 +365,7 @@ class Engine:
             return winner
         finally:
             for task in tasks:
-                await _settle(task, winner)
+                _settle(task, winner)
 
     async def _attempt(
         self, body: bytes, turn: Turn, backend: Backend, deadline: float
@@ -508,13 +508,15 @@ def _spaced(text: str) -> str:
     return text if text[-1:].isspace() else f"{text} "
 
 
-async def _settle(task: asyncio.Task[_Started], keep: _Started | None) -> None:
-    """Cancel an attempt that is no longer wanted, or release what it got unless it is ``keep``."""
+def _settle(task: asyncio.Task[_Started], keep: _Started | None) -> None:
+    """Give up an attempt unless it is ``keep``: cancel it if it is still running (it
+    releases what it holds as it ends), else release what it got.
+
+    Never suspends, so a cancellation cannot cut it short and leave a turn's slot held.
+    """
     if not task.done():
         task.cancel()
-        await asyncio.wait({task})
-    if task.cancelled() or task.exception() is not None:
-        return
-    started = task.result()
-    if started is not keep:
-        started.close(asyncio.get_running_loop().time())
+    elif not task.cancelled() and task.exception() is None:
+        started = task.result()
+        if started is not keep:
+            started.close(asyncio.get_running_loop().time())
