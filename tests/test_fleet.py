@@ -226,6 +226,22 @@ def test_hedging_takes_the_first_answer_and_closes_the_other() -> None:
         fast.stop()
 
 
+def test_a_dead_backend_fails_over_when_hedging_too(trio: list[FakeOllama]) -> None:
+    server = fleet_server(trio, "--hedge-after", "5000")
+    marker = f"hedged-dies-{uuid.uuid4().hex[:8]}"
+    try:
+        call = {"id": marker}
+        assert spoken(post(server, {"messages": conversation(marker, 1), "call": call}))
+        (pinned,) = served_by(trio, marker)
+        trio[pinned].stop()  # refuses at once, long before the hedge would start
+        assert spoken(post(server, {"messages": conversation(marker, 2), "call": call}))
+        samples = metrics(server)
+        assert samples["voice_llm_failovers_total"] == 1
+        assert samples["voice_llm_hedges_total"] == 0
+    finally:
+        server.stop()
+
+
 def test_every_slot_of_every_backend_is_primed() -> None:
     fakes = [start_fake(*FAST, "--parallel", "2") for _ in range(2)]
     prompt = f"You are the front desk of hotel {uuid.uuid4().hex[:8]}."

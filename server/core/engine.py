@@ -311,14 +311,29 @@ class Engine:
         try:
             return await self._attempt(body, turn, backend, budget)
         except ServiceError as exc:
-            if exc.code not in _RETRYABLE:
-                raise
-            other = self.router.choose(call, exclude=backend)
-            if other is None:
-                raise
-            self.stats.failovers += 1
-            log.warning("turn %s: %s; retrying on %s", turn.turn_id, exc.message, other.url)
-            return await self._attempt(body, turn, other, deadline)
+            return await self._fail_over(exc, body, turn, call, backend, deadline)
+
+    async def _fail_over(
+        self,
+        error: ServiceError,
+        body: bytes,
+        turn: Turn,
+        call: CallKey,
+        failed: Backend,
+        deadline: float,
+    ) -> _Started:
+        """Retry a turn that ``failed`` could not start on another ready backend, once.
+
+        Raises ``error`` again when another backend would fail alike, or there is none.
+        """
+        if error.code not in _RETRYABLE:
+            raise error
+        other = self.router.choose(call, exclude=failed)
+        if other is None:
+            raise error
+        self.stats.failovers += 1
+        log.warning("turn %s: %s; retrying on %s", turn.turn_id, error.message, other.url)
+        return await self._attempt(body, turn, other, deadline)
 
     async def _hedged(
         self,
@@ -332,7 +347,8 @@ class Engine:
         """Start on ``backend``; without a first token after ``hedge_after``, also elsewhere.
 
         The first attempt to produce a first event wins; the other is cancelled, which
-        closes its connection at once.
+        closes its connection at once. When the first attempt fails before a second one
+        started, the turn fails over as it would unhedged.
         """
         assert self.config.hedge_after is not None
         loop = asyncio.get_running_loop()
@@ -361,6 +377,9 @@ class Engine:
                             self.stats.hedge_wins += 1
             if winner is None:
                 assert error is not None
+                if len(tasks) == 1 and isinstance(error, ServiceError):
+                    # It failed with no second attempt under way: fail over, as unhedged.
+                    return await self._fail_over(error, body, turn, call, backend, deadline)
                 raise error
             return winner
         finally:
