@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -194,6 +195,33 @@ def test_a_slow_first_token_fails_over_within_the_budget() -> None:
         server.stop()
         slow.stop()
         fast.stop()
+
+
+def test_a_turn_kept_waiting_by_a_full_backend_fails_over() -> None:
+    fakes = [start_fake(*FAST, "--parallel", "1") for _ in range(2)]
+    # Re-evaluating a prompt elsewhere looks dear, so the call stays and waits for its slot.
+    server = fleet_server(
+        fakes, "--max-concurrency", "1", "--queue-timeout", "0.3", "--prefill-rate", "1"
+    )
+    marker = f"full-{uuid.uuid4().hex[:8]}"
+    call = {"id": marker}
+    try:
+        assert spoken(post(server, {"messages": conversation(marker, 1), "call": call}))
+        (pinned,) = served_by(fakes, marker)
+        long_turn = [{"role": "user", "content": f"{marker} [[tokens:100]] [[itl:20]]"}]
+        busy = threading.Thread(target=post, args=(server, {"messages": long_turn, "call": call}))
+        busy.start()
+        try:
+            wait_for(lambda: metrics(server)["voice_llm_streams_in_flight"] == 1)
+            assert spoken(post(server, {"messages": conversation(marker, 2), "call": call}))
+        finally:
+            busy.join()
+        assert served_by(fakes, marker) == [pinned, pinned, 1 - pinned]
+        assert metrics(server)["voice_llm_failovers_total"] == 1
+    finally:
+        server.stop()
+        for fake in fakes:
+            fake.stop()
 
 
 def test_hedging_takes_the_first_answer_and_closes_the_other() -> None:

@@ -10,12 +10,12 @@ One turn is one ``POST /api/chat`` on its own connection. Closing the event stre
 which is what makes Ollama stop generating.
 
 Before its first event a turn may fail over: a backend that is unreachable, not
-warm, refusing (5xx), or sends no first token in time, and the turn is retried once
-on another ready backend, unseen by the caller. With ``hedge_after``, a turn with no
-first token by then also starts on a second backend, and the first to answer wins.
-With ``hold_message``, a turn whose first token is slow gets that sentence first; with
-``fallback_message``, a turn that cannot start at all is answered with that sentence
-instead of an error.
+warm, refusing (5xx), full past the queue timeout, or sends no first token in time,
+and the turn is retried once on another ready backend, unseen by the caller. With
+``hedge_after``, a turn with no first token by then also starts on a second backend,
+and the first to answer wins. With ``hold_message``, a turn whose first token is slow
+gets that sentence first; with ``fallback_message``, a turn that cannot start at all
+is answered with that sentence instead of an error.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ _RETRYABLE = frozenset(
         "model_not_warm",
         "model_missing",
         "ollama_stuck",
+        "overloaded",
         "ollama_busy",
         "upstream_error",
         "upstream_timeout",
