@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import http.server
 import json
 import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -250,6 +252,47 @@ def test_ollama_dies_mid_stream_then_comes_back() -> None:
     finally:
         server.stop()
         fake.stop()
+
+
+class _GatewayError(http.server.BaseHTTPRequestHandler):
+    """A proxy in front of an Ollama that is not up: an HTML 502 to every request."""
+
+    def do_GET(self) -> None:
+        body = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+        self.send_response(502)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = do_GET
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_an_html_error_page_in_front_of_ollama_is_waited_out() -> None:
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _GatewayError)
+    port = proxy.server_address[1]
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    server = start_server(
+        f"http://127.0.0.1:{port}", "--warm-check-interval", "0.2", wait_warm=False
+    )
+    fake = None
+    try:
+        with httpx.Client(timeout=10) as http_client:
+            wait_for(lambda: b"answered 502 to GET /api/version" in server.output())
+            health = http_client.get(f"{server.url}/health")
+            assert health.status_code == 503
+            assert health.json()["ollama"]["reachable"] is False
+            proxy.shutdown()
+            proxy.server_close()
+            fake = start_fake("--port", str(port), "--load-ms", "20")
+            wait_for(lambda: ping(server) == 200)
+    finally:
+        server.stop()
+        if fake is not None:
+            fake.stop()
 
 
 def test_warmth_follows_reachability() -> None:

@@ -173,8 +173,10 @@ class Backend:
         while True:
             try:
                 status, version = await self.pool.get_json("/api/version", config.connect_timeout)
+                if status != 200:  # not Ollama itself: a proxy in front of it, say
+                    raise ConnectionError(f"it answered {status} to GET /api/version")
                 self.reachable = True
-                if status == 200 and isinstance(version, dict):
+                if isinstance(version, dict):
                     self.version = str(version.get("version"))
                 if loaded:
                     loaded = await self._loaded()

@@ -256,14 +256,18 @@ class ConnectionPool:
     async def get_json(self, path: str, wait: float) -> tuple[int, Any]:
         """GET a small JSON document, waiting at most ``wait`` seconds for an answer.
 
-        Returns the status and the parsed body.
+        Returns the status and the parsed body: None when it is empty or not JSON (a
+        proxy's HTML error page, say).
         """
         conn = await self.request("GET", path, None, wait, wait)
         try:
             body = await conn.read_body()
         finally:
             self.release(conn)
-        return conn.status, orjson.loads(body) if body else None
+        try:
+            return conn.status, orjson.loads(body) if body else None
+        except orjson.JSONDecodeError:
+            return conn.status, None
 
     def close(self) -> None:
         """Close every idle connection."""
