@@ -161,6 +161,11 @@ def _ollama_url(value: str) -> str:
         url = f"http://{url}"
         default_port = 11434
     parts = urlsplit(url)
+    if "@" in parts.netloc:  # said without the URL: it would put the password on stderr
+        raise ConfigError(
+            f"the Ollama URL for {parts.hostname} holds a user name or password, which the "
+            "server never sends and would show in its logs: give http://host:port"
+        )
     if parts.scheme != "http" or not parts.hostname or parts.path or parts.query:
         raise ConfigError(f"Ollama URL {url!r} must look like http://host:port")
     try:

@@ -58,6 +58,7 @@ def test_environment_and_flags_flags_win() -> None:
         (["--ollama-url", "https://x:1"], {}, "must look like http://host:port"),
         (["--ollama-url", "http://x:1/api"], {}, "must look like http://host:port"),
         (["--ollama-url", "http://x:port"], {}, "invalid port"),
+        ([], {"OLLAMA_HOSTS": "x:1,http://me:secret@y:2"}, "^the Ollama URL for y holds a user"),
         (["--model", "two words"], {}, "model name"),
         (["--keep-alive", "soon"], {}, "keep-alive 'soon'"),
         (["--num-ctx", "0"], {}, "num-ctx 0"),
@@ -71,6 +72,12 @@ def test_invalid_settings_name_the_setting(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config(argv, env)
+
+
+def test_an_ollama_url_with_a_password_is_refused_without_showing_it() -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse_config(["--ollama-url", "http://me:hunter2@10.0.0.5:11434/v1"], {})
+    assert "hunter2" not in str(refused.value)
 
 
 def test_invalid_configuration_fails_at_startup_with_one_line() -> None:
