@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 from ..core.errors import ServiceError
 
-__all__ = ["JSON", "Disconnected", "Message", "Receive", "Scope", "Send", "read_body", "respond"]
+__all__ = [
+    "JSON",
+    "Disconnected",
+    "Message",
+    "Receive",
+    "Scope",
+    "Send",
+    "read_body",
+    "respond",
+    "websocket_texts",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -51,3 +61,15 @@ async def respond(
     """Send a whole response (JSON unless ``headers`` say otherwise)."""
     await send({"type": "http.response.start", "status": status, "headers": headers or [JSON]})
     await send({"type": "http.response.body", "body": body})
+
+
+async def websocket_texts(receive: Receive) -> AsyncIterator[str | None]:
+    """The text of each frame an accepted websocket receives (None for a binary frame),
+    until the peer disconnects."""
+    while True:
+        message = await receive()
+        kind = message["type"]
+        if kind == "websocket.receive":
+            yield message.get("text")
+        elif kind == "websocket.disconnect":
+            return

@@ -10,9 +10,9 @@ import orjson
 
 from ..core.errors import ServiceError
 from ..ops.logs import log_rejection
-from .asgi import Scope, Send
+from .asgi import Receive, Scope, Send
 
-__all__ = ["KeyCheck", "check_websocket_key"]
+__all__ = ["KeyCheck", "admit_websocket"]
 
 
 def _given_key(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
@@ -52,12 +52,14 @@ class KeyCheck:
             raise ServiceError(401, "invalid_api_key", "the API key is not valid")
 
 
-async def check_websocket_key(keys: KeyCheck, scope: Scope, send: Send) -> bool:
-    """Check a websocket handshake's key: in a header, or ``?api_key=`` in the URL.
+async def admit_websocket(keys: KeyCheck, scope: Scope, receive: Receive, send: Send) -> bool:
+    """Read a websocket's handshake and check its key: in a header, or ``?api_key=``.
 
-    Returns True when it may be accepted; otherwise the refusal (401 and an OpenAI
-    error object) has been sent and the connection is done.
+    Returns True when it may be accepted; otherwise the connection is done (the
+    refusal, 401 and an OpenAI error object, has been sent).
     """
+    if (await receive())["type"] != "websocket.connect":
+        return False
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     query_key = query.get("api_key", [None])[-1]
     try:

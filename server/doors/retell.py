@@ -53,8 +53,8 @@ from ..core.engine import Engine
 from ..core.errors import ServiceError
 from ..core.events import Failure, TextDelta, ToolCall, Turn
 from ..tools import CallActions, ToolOutcome, ToolRegistry, collect_call_actions
-from .asgi import Receive, Scope, Send
-from .auth import KeyCheck, check_websocket_key
+from .asgi import Receive, Scope, Send, websocket_texts
+from .auth import KeyCheck, admit_websocket
 from .retell_frames import (
     INTERACTION_TYPES,
     ConfigFrame,
@@ -159,11 +159,8 @@ class RetellEndpoint:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        message = await receive()
-        if message["type"] != "websocket.connect":
-            return
-        call_id = _call_id(scope)
-        if not await check_websocket_key(self._keys, scope, send):
+        call_id = _call_id(scope)  # first: it may take the id off the query string
+        if not await admit_websocket(self._keys, scope, receive, send):
             return
         if call_id is None:
             await send({"type": "websocket.close", "code": 1008})
@@ -172,17 +169,11 @@ class RetellEndpoint:
         call = _Call(self, send, call_id)
         try:
             await call.open()
-            while True:
-                message = await receive()
-                kind = message["type"]
-                if kind == "websocket.receive":
-                    text = message.get("text")
-                    if text is None:
-                        call.invalid("binary_frame", "a binary frame: Retell sends JSON text")
-                    else:
-                        await call.handle(text)
-                elif kind == "websocket.disconnect":
-                    return
+            async for text in websocket_texts(receive):
+                if text is None:
+                    call.invalid("binary_frame", "a binary frame: Retell sends JSON text")
+                else:
+                    await call.handle(text)
         except OSError:
             log.debug("Retell call %s: the socket went away", call_id)
         finally:

@@ -37,8 +37,8 @@ from ..config import Config
 from ..core.engine import Engine
 from ..core.errors import ServiceError
 from ..core.events import Failure, Finish, TextDelta, ToolCall, Turn, Usage
-from .asgi import Receive, Scope, Send
-from .auth import KeyCheck, check_websocket_key
+from .asgi import Receive, Scope, Send, websocket_texts
+from .auth import KeyCheck, admit_websocket
 
 __all__ = ["WebSocketEndpoint"]
 
@@ -58,27 +58,16 @@ class WebSocketEndpoint:
         self._keys = KeyCheck(config.api_key)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        message = await receive()
-        if message["type"] != "websocket.connect":
-            return
-        if not await check_websocket_key(self._keys, scope, send):
+        if not await admit_websocket(self._keys, scope, receive, send):
             return
         await send({"type": "websocket.accept"})
         session = _Session(self, send)
         try:
-            while True:
-                message = await receive()
-                kind = message["type"]
-                if kind == "websocket.receive":
-                    text = message.get("text")
-                    if text is None:
-                        await session.error(
-                            None, "binary_frame", "send JSON text frames, not binary"
-                        )
-                    else:
-                        await session.handle(text)
-                elif kind == "websocket.disconnect":
-                    return
+            async for text in websocket_texts(receive):
+                if text is None:
+                    await session.error(None, "binary_frame", "send JSON text frames, not binary")
+                else:
+                    await session.handle(text)
         finally:
             await session.stop(notify=False)
 
