@@ -287,11 +287,8 @@ class _Call:
                     continue
                 messages.append({"role": role, "content": item.content})
             elif isinstance(item, ToolCallInvocation):
-                try:
-                    arguments = orjson.loads(item.arguments or "{}")
-                except orjson.JSONDecodeError:
-                    arguments = None
-                if not isinstance(arguments, dict):
+                arguments = _arguments(item.arguments)
+                if arguments is None:
                     arguments = {}
                     if "tool_arguments_not_an_object" not in normalised:
                         normalised.append("tool_arguments_not_an_object")
@@ -404,7 +401,7 @@ class _Call:
                 tool_call_id=call.id, name=call.name, arguments=call.arguments
             )
             await send(_frame(dump(invocation)))
-        arguments = [_arguments(call) for call in calls]
+        arguments = [_arguments(call.arguments) for call in calls]
         with collect_call_actions() as actions:
             outcomes = await asyncio.gather(
                 *(self._run_tool(call, args) for call, args in zip(calls, arguments, strict=True))
@@ -442,10 +439,10 @@ class _Call:
             return
 
 
-def _arguments(call: ToolCall) -> dict[str, Any] | None:
-    """A tool call's arguments as an object, or None when they are not one."""
+def _arguments(text: str) -> dict[str, Any] | None:
+    """A tool call's arguments (JSON text) as an object, or None when they are not one."""
     try:
-        value = orjson.loads(call.arguments or "{}")
+        value = orjson.loads(text or "{}")
     except orjson.JSONDecodeError:
         return None
     return value if isinstance(value, dict) else None
