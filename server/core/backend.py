@@ -78,7 +78,6 @@ class Backend:
         self.load_error: str | None = None
         self.stuck: str | None = None
         self.loads = 0
-        self.primed_slots = 0
         self.turn_seconds = 0.0
         self._silent_timeouts = 0
         self._prime: list[bytes] = []
@@ -257,10 +256,7 @@ class Backend:
         if not self._prime:
             return 0
         bodies = [self._prime[i % len(self._prime)] for i in range(self.slots)]
-        results = await asyncio.gather(*(self._prime_one(body) for body in bodies))
-        done = sum(results)
-        self.primed_slots = done
-        return done
+        return sum(await asyncio.gather(*(self._prime_one(body) for body in bodies)))
 
     async def _prime_one(self, body: bytes) -> bool:
         timeout = self.config.first_token_timeout

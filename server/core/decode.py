@@ -46,13 +46,12 @@ class Decoder:
     says whether the response ended inside a tool call written as text (dropped).
     """
 
-    __slots__ = ("_filter", "_opening", "_thinking_tags", "calls", "parallel", "thinking", "usage")
+    __slots__ = ("_filter", "_opening", "_thinking_tags", "calls", "parallel", "thinking")
 
     def __init__(self, parallel_tool_calls: bool, tools: list[str] | None = None) -> None:
         self.parallel = parallel_tool_calls
         self.calls = 0
         self.thinking = 0
-        self.usage: Usage | None = None
         self._filter = ToolCallFilter(tools) if tools else None
         self._opening = ""  # content held while it may open a <think> block
         self._thinking_tags: bool | None = None  # None until the content's start is known
@@ -92,12 +91,11 @@ class Decoder:
                 self._opening = ""
             if self._filter is not None:
                 events += self._filtered(*self._filter.finish())
-            usage = self.usage = _usage(chunk)
             reason = chunk.get("done_reason")
             finish: FinishReason = (
                 "tool_calls" if self.calls else "length" if reason == "length" else "stop"
             )
-            return (*events, Finish(finish, usage))
+            return (*events, Finish(finish, _usage(chunk)))
         error = chunk.get("error")
         if error is not None:
             raise UpstreamClosed(f"Ollama failed mid-stream: {error}")

@@ -149,10 +149,6 @@ class Engine:
             for wait in waits:
                 wait.cancel()
 
-    async def preload(self) -> None:
-        """Load the model on every backend with the options every turn sends."""
-        await asyncio.gather(*(backend.preload() for backend in self.backends))
-
     # Serving
 
     def _not_ready(self) -> ServiceError:
