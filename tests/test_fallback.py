@@ -135,6 +135,7 @@ def test_ollama_down_or_the_model_not_warm_speaks_the_fallback() -> None:
     try:
         for server, reason in ((down, "ollama_unreachable"), (cold, "model_not_warm")):
             assert sdk_stream(server, "Hi") == (SORRY, ["stop"])
+            wait_for(lambda s=server: turn_records(s.output()))  # logged after the stream
             (record,) = turn_records(server.output())
             assert record["outcome"] == "fallback"
             assert record["error"].startswith(reason)
@@ -165,6 +166,7 @@ def test_a_slow_first_token_is_preceded_by_the_hold_message(fake: FakeOllama) ->
         assert reasons == ["stop"]
         assert sdk_stream(server, "Hi [[tokens:3]]") == ("Sure, here", ["stop"])  # fast: no hold
         assert metrics(server)["voice_llm_holds_total"] == 1
+        wait_for(lambda: len(turn_records(server.output())) == 2)
         records = turn_records(server.output())
         assert [r.get("held") for r in records] == [True, None]
         assert records[0]["ttft_ms"] >= 800  # the model's first token, not the hold message
@@ -182,6 +184,7 @@ def test_a_hold_then_a_failure_ends_the_stream_cleanly(fake: FakeOllama) -> None
         assert response.status_code == 200
         assert HOLD in response.text
         assert response.text.endswith('"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n')
+        wait_for(lambda: turn_records(server.output()))
         (record,) = turn_records(server.output())
         assert record["outcome"] == "timeout"
     finally:

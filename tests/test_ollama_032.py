@@ -150,6 +150,7 @@ def test_thinking_is_not_the_first_token_but_keeps_the_stream_alive() -> None:
     try:
         # 40 thinking lines, 20 ms apart: 0.8 s of thinking, never 0.2 s without a line.
         assert stream(server, "Hi [[think:40]]")[0] == "Sure, here"
+        wait_for(lambda: turn_records(server.output()))  # logged once the stream has ended
         (record,) = turn_records(server.output())
         assert record["outcome"] == "ok"
         assert record["ttft_ms"] >= 800  # the first spoken token, after the thinking
