@@ -70,13 +70,20 @@ class Decoder:
         chunk = orjson.loads(line)
         message = chunk.get("message")
         events: tuple[Event, ...] = ()
-        if message is not None:
+        if message is None:
+            error = chunk.get("error")  # an error line carries nothing else
+            if error is not None:
+                raise UpstreamClosed(f"Ollama failed mid-stream: {error}")
+        else:
             content = message.get("content")
             if content:
                 if self._thinking_tags is not False:
                     content = self._strip_thinking(content)
                 if content:
-                    events = self._spoken(content)
+                    if self._filter is None:
+                        events = (TextDelta(content),)
+                    else:
+                        events = self._filtered(*self._filter.feed(content))
             if message.get("thinking"):
                 self.thinking += 1
             tool_calls = message.get("tool_calls")
@@ -96,9 +103,6 @@ class Decoder:
                 "tool_calls" if self.calls else "length" if reason == "length" else "stop"
             )
             return (*events, Finish(finish, _usage(chunk)))
-        error = chunk.get("error")
-        if error is not None:
-            raise UpstreamClosed(f"Ollama failed mid-stream: {error}")
         return events
 
     def _spoken(self, text: str) -> tuple[Event, ...]:
