@@ -201,7 +201,7 @@ _SETTINGS: list[tuple[str, str, Callable[[str], Any], str]] = [
         "api_key",
         "API_KEY",
         str,
-        "key clients must send as 'Authorization: Bearer <key>' (on /ws also ?api_key=)",
+        "key clients must send as 'Authorization: Bearer <key>' (on websockets also ?api_key=)",
     ),
     (
         "keep_alive",
@@ -211,7 +211,7 @@ _SETTINGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ),
     ("num_ctx", "NUM_CTX", int, "context window, a load-time option"),
     ("system_prompt", "SYSTEM_PROMPT", str, "system message used when a request has none"),
-    ("max_concurrency", "MAX_CONCURRENCY", int, "turns streamed from Ollama at once"),
+    ("max_concurrency", "MAX_CONCURRENCY", int, "turns streamed from each Ollama at once"),
     ("queue_timeout", "QUEUE_TIMEOUT", float, "seconds a turn may wait for a free slot"),
     ("connect_timeout", "CONNECT_TIMEOUT", float, "seconds to connect to Ollama"),
     ("first_token_timeout", "FIRST_TOKEN_TIMEOUT", float, "seconds to wait for the first token"),

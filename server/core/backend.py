@@ -56,7 +56,7 @@ class Backend:
     Call :meth:`start` once inside the event loop; it preloads the model in the
     background and keeps it warm. The engine takes a slot with :meth:`admit`, sends
     the turn with :meth:`open`, and reports how the turn went (:meth:`first_token`,
-    :meth:`first_token_timeout`, :meth:`finished`).
+    :meth:`first_token_timeout`, :meth:`finished_streaming`).
     """
 
     def __init__(self, config: Config, url: str) -> None:

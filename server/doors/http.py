@@ -6,8 +6,9 @@ Routes (one port, run by uvicorn):
   ``/chat/completions/chat/completions``: OpenAI chat completions; SSE when the body
   says ``"stream": true`` (never decided by ``Accept``), one JSON object otherwise.
 - ``GET /v1/models`` (also ``/models``): the one served model.
-- ``GET /health``: JSON about Ollama and the model; ``GET /ping``: 204 while the
-  model warms, 200 once it is warm (RunPod's load-balancer convention).
+- ``GET /health``: JSON about each Ollama and the model; ``GET /ping``: 204 while
+  the model warms, 200 once an Ollama takes turns, 503 when none does and one is
+  stuck (RunPod's load-balancer convention).
 - ``/ws`` without a websocket upgrade: 426, with ``Upgrade: websocket``.
 - websockets: ``/ws`` (:mod:`server.doors.ws`) and Retell's ``/llm-websocket/{call_id}``
   (:mod:`server.doors.retell`).

@@ -1,6 +1,6 @@
 """``GET /metrics``: the engine's counters in Prometheus' text format.
 
-The engine keeps plain numbers (:mod:`server.stats`); this collector turns them into
+The engine keeps plain numbers (:mod:`server.core.stats`); this collector turns them into
 metric families only when Prometheus scrapes, so serving tokens never touches
 prometheus-client.
 """
