@@ -30,7 +30,7 @@ from ..config import Config
 from .errors import ServiceError
 from .upstream import Connection, ConnectionPool, UpstreamClosed
 
-__all__ = ["CONTROL_ERRORS", "Backend", "model_tag"]
+__all__ = ["CONTROL_ERRORS", "Backend", "chat_head", "model_tag"]
 
 log = logging.getLogger("server.backend")
 
@@ -43,6 +43,11 @@ _RETRY_AFTER = 2
 _STUCK_AFTER = 2
 # Weight of the newest turn in a backend's running mean turn time.
 _EWMA = 0.2
+
+
+def chat_head(config: Config) -> dict[str, Any]:
+    """What every ``/api/chat`` body starts with: the model, streaming, no thinking."""
+    return {"model": config.model, "stream": True, "think": False, "keep_alive": config.keep_alive}
 
 
 def model_tag(name: str) -> str:
@@ -286,14 +291,12 @@ class Backend:
         """Send one short turn to a stuck backend; an answer means it is no longer stuck."""
         body = self._prime[0] if self._prime else None
         if body is None:
+            config = self.config
             body = orjson.dumps(
                 {
-                    "model": self.config.model,
+                    **chat_head(config),
                     "messages": [{"role": "user", "content": "Hello"}],
-                    "stream": True,
-                    "think": False,
-                    "keep_alive": self.config.keep_alive,
-                    "options": {**self.config.load_options, "num_predict": 1},
+                    "options": {**config.load_options, "num_predict": 1},
                 }
             )
         if await self._prime_one(body):

@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 
 from ..config import Config
-from .backend import CONTROL_ERRORS, Backend, error_text
+from .backend import CONTROL_ERRORS, Backend, chat_head, error_text
 from .decode import Decoder
 from .errors import ServiceError
 from .events import Event, Failure, Finish, TextDelta, Turn, Usage
@@ -87,12 +87,7 @@ class Engine:
         self.config = config
         self.backends = tuple(Backend(config, url) for url in config.ollama_urls)
         self.router = Router(self.backends, config.routing, config.prefill_rate)
-        self._head = {
-            "model": config.model,
-            "stream": True,
-            "think": False,
-            "keep_alive": config.keep_alive,
-        }
+        self._head = chat_head(config)
         self._load_options = config.load_options
         self.stats = Stats()
         self._warned_thinking = False
