@@ -26,8 +26,8 @@ import ollama
 import uvicorn
 
 from .config import Config, ConfigError, config_from, settings_parser
-from .core.backend import Backend
-from .core.engine import CONTROL_ERRORS, Engine
+from .core.backend import CONTROL_ERRORS, Backend
+from .core.engine import Engine
 from .doors.http import App
 from .doors.protocol import WebSocketProtocol, http_protocol
 from .doors.vapi import vapi_assistant

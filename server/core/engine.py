@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 
 from ..config import Config
-from .backend import CONTROL_ERRORS, Backend, chat_head, error_text
+from .backend import Backend, chat_head, error_text
 from .decode import Decoder
 from .errors import ServiceError
 from .events import Event, Failure, Finish, TextDelta, Turn, Usage
@@ -37,7 +37,7 @@ from .router import CallKey, Router
 from .stats import Stats
 from .upstream import Connection, UpstreamClosed, UpstreamTimeout
 
-__all__ = ["CONTROL_ERRORS", "Engine"]
+__all__ = ["Engine"]
 
 log = logging.getLogger("server.engine")
 # One line per turn (its fields: ids, outcome, timings); message text only with log_content.
