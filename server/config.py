@@ -469,7 +469,12 @@ def config_from(args: argparse.Namespace, env: Mapping[str, str] | None = None) 
     elif env.get("OLLAMA_NUM_PARALLEL", "").isdigit():
         values["max_concurrency"] = int(env["OLLAMA_NUM_PARALLEL"])
         values["max_concurrency_from"] = "OLLAMA_NUM_PARALLEL"
-    log_content = args.log_content or env.get("LOG_CONTENT", "").lower() in ("1", "true", "yes")
+    log_content = bool(args.log_content)
+    if not log_content and env.get("LOG_CONTENT"):
+        try:
+            log_content = _boolean(env["LOG_CONTENT"])
+        except ValueError:
+            raise ConfigError(f"LOG_CONTENT={env['LOG_CONTENT']!r} is not true or false") from None
     config = Config(**values, log_content=log_content)
     _validate(config)
     urls = [_ollama_url(url) for url in config.ollama_urls]

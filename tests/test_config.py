@@ -65,6 +65,7 @@ def test_environment_and_flags_flags_win() -> None:
         (["--first-token-timeout", "0"], {}, "first-token-timeout"),
         (["--max-body-bytes", "10"], {}, "max-body-bytes 10"),
         (["--log-level", "loud"], {}, "log level 'loud'"),
+        ([], {"LOG_CONTENT": "maybe"}, "LOG_CONTENT='maybe' is not true or false"),
     ],
 )
 def test_invalid_settings_name_the_setting(
@@ -78,6 +79,11 @@ def test_an_ollama_url_with_a_password_is_refused_without_showing_it() -> None:
     with pytest.raises(ConfigError) as refused:
         parse_config(["--ollama-url", "http://me:hunter2@10.0.0.5:11434/v1"], {})
     assert "hunter2" not in str(refused.value)
+
+
+def test_log_content_takes_the_yes_no_words() -> None:
+    assert parse_config([], {"LOG_CONTENT": "on"}).log_content is True
+    assert parse_config([], {"LOG_CONTENT": "no"}).log_content is False
 
 
 def test_invalid_configuration_fails_at_startup_with_one_line() -> None:

@@ -174,6 +174,18 @@ def test_a_slow_first_token_is_preceded_by_the_hold_message(fake: FakeOllama) ->
         server.stop()
 
 
+def test_a_whole_completion_never_carries_the_hold_message(fake: FakeOllama) -> None:
+    server = start_server(fake.url, "--hold-message", HOLD, "--hold-after", "0.1")
+    try:
+        body = {"messages": [{"role": "user", "content": "Hi [[ttft:500]] [[tokens:3]]"}]}
+        with httpx.Client(timeout=10) as http:
+            response = http.post(f"{server.url}/v1/chat/completions", json=body)
+        assert response.json()["choices"][0]["message"]["content"] == "Sure, here"
+        assert metrics(server)["voice_llm_holds_total"] == 0
+    finally:
+        server.stop()
+
+
 def test_a_hold_then_a_failure_ends_the_stream_cleanly(fake: FakeOllama) -> None:
     server = start_server(
         fake.url, "--hold-message", HOLD, "--hold-after", "0.1", "--first-token-timeout", "0.5"

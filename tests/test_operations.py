@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -295,6 +296,64 @@ def test_an_html_error_page_in_front_of_ollama_is_waited_out() -> None:
             fake.stop()
 
 
+class _ClosesKeptConnections(BaseHTTPRequestHandler):
+    """An Ollama behind something that closes a kept connection as the next request comes."""
+
+    protocol_version = "HTTP/1.1"
+    chats = 0  # on this connection
+
+    def do_GET(self) -> None:
+        if self.path == "/api/version":
+            self._send({"version": "0.32.15"})
+        else:
+            self._send({"models": [{"name": "llama3.1:8b", "model": "llama3.1:8b"}]})
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        head = {"model": "llama3.1:8b", "created_at": "2026-08-20T14:03:11Z"}
+        if not body["messages"]:
+            self._send({**head, "message": {"role": "assistant", "content": ""}, "done": True})
+            return
+        self.chats += 1
+        if self.chats > 1:
+            self.close_connection = True  # gone without a word
+            return
+        self._send(
+            {**head, "message": {"role": "assistant", "content": "Hello"}, "done": False},
+            {**head, "message": {"role": "assistant", "content": ""}, "done": True},
+        )
+
+    def _send(self, *objects: dict[str, Any]) -> None:
+        payload = b"".join(json.dumps(o).encode() + b"\n" for o in objects)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_a_kept_connection_closed_before_an_answer_is_replaced_unseen() -> None:
+    ollama = ThreadingHTTPServer(("127.0.0.1", 0), _ClosesKeptConnections)
+    thread = threading.Thread(target=ollama.serve_forever, daemon=True)
+    thread.start()
+    server = start_server(f"http://127.0.0.1:{ollama.server_address[1]}")
+    try:
+        with httpx.Client(timeout=10) as http:
+            for _ in range(3):  # the second and third go out on a kept connection first
+                response = http.post(
+                    f"{server.url}/v1/chat/completions", content=chat_body("Hi", stream=False)
+                )
+                assert response.status_code == 200, response.text
+                assert response.json()["choices"][0]["message"]["content"] == "Hello"
+    finally:
+        server.stop()
+        ollama.shutdown()
+        ollama.server_close()
+
+
 def test_warmth_follows_reachability() -> None:
     fake = start_fake("--load-ms", "20")
     server = start_server(fake.url, "--warm-check-interval", "60")  # no poll in between
@@ -321,6 +380,9 @@ def test_a_model_missing_from_ollama_says_how_to_fix_it() -> None:
             health = http.get(f"{server.url}/health")
             assert health.status_code == 503
             assert health.json()["ollama"]["reachable"] is True
+            answer = http.get(f"{server.url}/ping")  # waiting will not help: not "warming"
+            assert answer.status_code == 503
+            assert answer.json() == {"status": "unhealthy", "reasons": [fix]}
             response = http.post(f"{server.url}/v1/chat/completions", content=chat_body("Hi"))
         assert response.status_code == 503
         assert response.json()["error"] == {

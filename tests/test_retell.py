@@ -467,6 +467,38 @@ def test_the_transcript_with_tool_calls_puts_them_in_their_place(
     )
 
 
+def test_a_trimmed_transcript_never_starts_with_a_result_whose_call_was_cut(
+    fake: FakeOllama,
+) -> None:
+    server = start_server(fake.url, "--system-prompt", "Be brief.", "--max-messages", "4")
+    try:
+        with open_call(server, "call_trimmed") as client:
+            client.send(
+                ResponseRequiredRequest(
+                    response_id=1,
+                    transcript=[said("user", "trim-tools [[tokens:1]]")],
+                    transcript_with_tool_calls=[
+                        said("user", "Book me Monday"),
+                        said("agent", "Let me check."),
+                        ToolCallInvocationItem(
+                            tool_call_id="t1", name="book", arguments='{"day":"Mon"}'
+                        ),
+                        ToolCallResultItem(tool_call_id="t1", content="booked"),
+                        said("agent", "Done."),
+                        said("user", "trim-tools [[tokens:1]]"),
+                    ],
+                )
+            )
+            client.response(1)
+    finally:
+        server.stop()
+    assert chats(fake, "trim-tools")[-1] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "assistant", "content": "Done."},
+        {"role": "user", "content": "trim-tools [[tokens:1]]"},
+    ]
+
+
 def test_an_empty_transcript_with_tool_calls_leaves_the_transcript(
     call: RetellClient, fake: FakeOllama
 ) -> None:

@@ -365,11 +365,37 @@ class Backend:
         self._free.release()
         self.turn_seconds += _EWMA * (seconds - self.turn_seconds)
 
-    async def open(self, body: bytes, first_timeout: float) -> Connection:
-        """Send a turn's ``/api/chat`` body; raises a 503 :class:`ServiceError` if unreachable."""
+    async def open(self, body: bytes, first_timeout: float) -> tuple[Connection, bytes | None]:
+        """Send a turn's ``/api/chat`` body; its connection and the answer's first line.
+
+        A kept connection that turns out closed before any answer (closed at the other
+        end while idle, by a proxy say) is given up and the body sent again on a new
+        one. Raises a 503 :class:`ServiceError` if Ollama is unreachable; the reading
+        raises as :meth:`Connection.readline` does, and then the connection is closed.
+        """
+        conn = await self._send(body, first_timeout)
+        try:
+            try:
+                return conn, await conn.readline()
+            except UpstreamClosed:
+                if not conn.reused or conn.status:
+                    raise
+            self.pool.release(conn)
+            conn = await self._send(body, first_timeout, fresh=True)
+            return conn, await conn.readline()
+        except BaseException as exc:
+            self.pool.release(conn)
+            if isinstance(exc, asyncio.CancelledError | GeneratorExit) and not conn.status:
+                # Cancelled before Ollama answered: if this turn was what loaded the model,
+                # closing it aborted the load (ollama/ollama's WaitUntilRunning), so the
+                # warm loop looks now rather than at its next interval.
+                self.recheck()
+            raise
+
+    async def _send(self, body: bytes, first_timeout: float, fresh: bool = False) -> Connection:
         try:
             return await self.pool.request(
-                "POST", "/api/chat", body, first_timeout, self.config.token_timeout
+                "POST", "/api/chat", body, first_timeout, self.config.token_timeout, fresh
             )
         except (OSError, TimeoutError):
             self.lost()

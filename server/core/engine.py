@@ -135,6 +135,20 @@ class Engine:
         """Why each stuck backend is stuck."""
         return [backend.stuck for backend in self.backends if backend.stuck is not None]
 
+    @property
+    def broken(self) -> list[str] | None:
+        """Why no backend will take turns by waiting (each stuck, or without the model).
+
+        None while some backend is ready or may become so (loading, or not answering
+        yet: an Ollama still starting).
+        """
+        reasons = [
+            backend.stuck if backend.stuck is not None else backend.missing_message()
+            for backend in self.backends
+            if backend.stuck is not None or (backend.missing and not backend.warm)
+        ]
+        return reasons if len(reasons) == len(self.backends) else None
+
     async def wait_warm(self) -> None:
         """Return once some backend is warm (bound the wait with ``asyncio.timeout``)."""
         waits = [asyncio.ensure_future(backend.wait_warm()) for backend in self.backends]
@@ -200,7 +214,7 @@ class Engine:
             stats.normalised[kind] = stats.normalised.get(kind, 0) + 1
         try:
             try:
-                if config.hold_message is None:
+                if config.hold_message is None or not turn.live:
                     begun = await self._begin(turn, call, started)
                 else:
                     task = loop.create_task(self._begin(turn, call, started))
@@ -395,11 +409,10 @@ class Engine:
         try:
             if not backend.ready:  # it went away while this turn waited for a slot
                 raise backend.not_ready()
-            conn = await backend.open(body, max(deadline - admitted, 0.001))
+            conn, line = await backend.open(body, max(deadline - admitted, 0.001))
             names = [t["function"]["name"] for t in turn.tools] if turn.tools else None
             decoder = Decoder(turn.parallel_tool_calls, names)
             while True:
-                line = await conn.readline()
                 if conn.status != 200:
                     rest = await conn.read_body()
                     raise backend.status_error(conn.status, error_text((line or b"") + rest))
@@ -412,18 +425,13 @@ class Engine:
                     return started
                 if now >= deadline:  # Ollama sends lines, but only thinking
                     raise UpstreamTimeout("no first token from Ollama in time")
+                line = await conn.readline()
         except UpstreamTimeout as exc:
             backend.first_token_timeout(time() - admitted)
             raise ServiceError(504, "upstream_timeout", self._at(str(exc), backend)) from None
         except (UpstreamClosed, orjson.JSONDecodeError) as exc:
             backend.recheck()
             raise ServiceError(502, "upstream_error", self._at(str(exc), backend)) from None
-        except BaseException:
-            if conn is not None and conn.status == 0:
-                # Cancelled before Ollama answered: if this turn was what loaded the
-                # model, closing it aborted the load, so have the warm loop look now.
-                backend.recheck()
-            raise
         finally:
             if started is None:
                 if conn is not None:

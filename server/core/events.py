@@ -37,7 +37,9 @@ class Turn:
     client's ``prompt_cache_key`` or ``user``), so its turns can be kept where its
     prompt is cached. ``normalised`` lists the kinds of liberties taken with the request
     (``object_arguments``, ``non_function_tools``...): counted and logged, never the content.
-    Without ``parallel_tool_calls`` a reply carries at most one tool call.
+    Without ``parallel_tool_calls`` a reply carries at most one tool call. ``live``
+    says whether the caller hears the answer as it streams: a hold message is spoken
+    only then (a whole completion would carry it in its content).
     """
 
     messages: list[dict[str, Any]]
@@ -49,6 +51,7 @@ class Turn:
     call_key: str | None = None
     normalised: tuple[str, ...] = ()
     parallel_tool_calls: bool = True
+    live: bool = True
 
 
 @dataclass(frozen=True, slots=True)

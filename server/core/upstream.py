@@ -52,6 +52,7 @@ class Connection(asyncio.Protocol):
         self.status = 0
         self.complete = False
         self.keep_alive = False
+        self.reused = False  # whether this request went on a connection kept from before
 
     # asyncio.Protocol
 
@@ -225,10 +226,12 @@ class ConnectionPool:
         body: bytes | None,
         first_timeout: float,
         gap_timeout: float,
+        fresh: bool = False,
     ) -> Connection:
         """Send one request and return its connection, ready for :meth:`Connection.readline`.
 
-        An idle connection is reused when it is still open; otherwise a new one is made.
+        An idle connection is reused when it is still open (unless ``fresh``); otherwise
+        a new one is made.
         """
         head = (
             f"{method} {path} HTTP/1.1\r\nHost: {self.host_header}\r\n"
@@ -237,10 +240,11 @@ class ConnectionPool:
         if body is not None:
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         request = (head + "\r\n").encode() + (body or b"")
-        while self._idle:
+        while self._idle and not fresh:
             conn = self._idle.pop()
             if not conn.closed:
                 conn.send(request, first_timeout, gap_timeout)
+                conn.reused = True
                 return conn
         conn = await self._connect()
         conn.send(request, first_timeout, gap_timeout)

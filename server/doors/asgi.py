@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -15,6 +17,7 @@ __all__ = [
     "Scope",
     "Send",
     "read_body",
+    "reap",
     "respond",
     "websocket_texts",
 ]
@@ -25,6 +28,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 JSON = (b"content-type", b"application/json")
+
+log = logging.getLogger("server.doors")
 
 
 class Disconnected(Exception):
@@ -73,3 +78,18 @@ async def websocket_texts(receive: Receive) -> AsyncIterator[str | None]:
             yield message.get("text")
         elif kind == "websocket.disconnect":
             return
+
+
+def reap(task: asyncio.Task[Any]) -> None:
+    """A done callback for a door's background task: read how it ended, so nothing is lost.
+
+    A client gone mid-send (``OSError``) is routine; anything else is a bug, logged with
+    its traceback rather than left for the garbage collector to report.
+    """
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if isinstance(exc, OSError):
+        log.debug("%s ended: the client went away (%s)", task.get_name(), exc)
+    elif exc is not None:
+        log.error("%s failed", task.get_name(), exc_info=exc)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -149,10 +150,9 @@ class App:
         engine = self.engine
         if engine.ready:
             await respond(send, 200, b'{"status":"ok"}')
-        elif engine.stuck:
-            # Unhealthy, not initialising: a supervisor should restart or replace it.
-            body = {"status": "stuck", "reasons": engine.stuck}
-            await respond(send, 503, orjson.dumps(body))
+        elif (broken := engine.broken) is not None:
+            # Unhealthy, not initialising: waiting will not help, a supervisor should act.
+            await respond(send, 503, orjson.dumps({"status": "unhealthy", "reasons": broken}))
         else:
             await send({"type": "http.response.start", "status": 204, "headers": []})
             await send({"type": "http.response.body", "body": b""})
@@ -188,6 +188,8 @@ class App:
         request = parse_chat_request(data, self.config.max_messages, self.config.max_message_chars)
         completion_id = new_completion_id()
         turn = request.to_turn(self.config.system_prompt, completion_id)
+        if not request.stream:
+            turn = replace(turn, live=False)  # one whole answer: no hold message in it
 
         task = asyncio.current_task()
         assert task is not None

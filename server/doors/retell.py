@@ -53,7 +53,7 @@ from ..core.engine import Engine
 from ..core.errors import ServiceError
 from ..core.events import Failure, TextDelta, ToolCall, Turn
 from ..tools import CallActions, ToolOutcome, ToolRegistry, collect_call_actions
-from .asgi import Receive, Scope, Send, websocket_texts
+from .asgi import Receive, Scope, Send, reap, websocket_texts
 from .auth import KeyCheck, admit_websocket
 from .retell_frames import (
     INTERACTION_TYPES,
@@ -201,7 +201,10 @@ class _Call:
         await self._send(_frame(endpoint.config_frame))
         await self._send(_frame(endpoint.opening_frame))
         if endpoint.config.retell_auto_reconnect:
-            self._pinger = asyncio.create_task(self._ping(endpoint.config.retell_ping_interval))
+            self._pinger = asyncio.create_task(
+                self._ping(endpoint.config.retell_ping_interval), name="Retell pings"
+            )
+            self._pinger.add_done_callback(reap)
 
     async def close(self) -> None:
         """Stop the answer in flight (closing its Ollama request) and the pings."""
@@ -261,7 +264,10 @@ class _Call:
             self._transcript = frame.transcript or []
             self._with_tools = frame.transcript_with_tool_calls
         turn = self._turn(frame.response_id, frame.interaction_type == "reminder_required")
-        self._answer = asyncio.create_task(self._stream(frame.response_id, turn))
+        self._answer = asyncio.create_task(
+            self._stream(frame.response_id, turn), name=f"Retell response {frame.response_id}"
+        )
+        self._answer.add_done_callback(reap)
 
     async def _stop(self) -> None:
         """Cancel the answer in flight, if any, and wait until it has ended."""
@@ -310,7 +316,10 @@ class _Call:
         limit = self._endpoint.config.max_messages
         if len(messages) > limit:
             system = messages[:1] if self._system else []
-            messages = system + messages[len(system) + len(messages) - limit :]
+            kept = messages[len(system) + len(messages) - limit :]
+            while kept and kept[0]["role"] == "tool":  # a result whose call was left out
+                del kept[0]
+            messages = system + kept
             normalised.append("transcript_trimmed")
         return Turn(
             messages=messages,

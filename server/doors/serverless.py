@@ -123,7 +123,9 @@ def _parse_input(data: object, config: Config, turn_id: str | None) -> _Job:
             )
         request = parse_chat_request(body, config.max_messages, config.max_message_chars)
         turn = request.to_turn(config.system_prompt, turn_id)
-        return _Job("sse" if request.stream else "completion", request, turn)
+        if not request.stream:
+            return _Job("completion", request, replace(turn, live=False))
+        return _Job("sse", request, turn)
     kind = data.get("type", "chat")
     if kind == "vapi_webhook":
         return _Job("webhook", webhook=_webhook_data(data))

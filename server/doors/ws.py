@@ -37,7 +37,7 @@ from ..config import Config
 from ..core.engine import Engine
 from ..core.errors import ServiceError
 from ..core.events import Failure, Finish, TextDelta, ToolCall, Turn, Usage
-from .asgi import Receive, Scope, Send, websocket_texts
+from .asgi import Receive, Scope, Send, reap, websocket_texts
 from .auth import KeyCheck, admit_websocket
 
 __all__ = ["WebSocketEndpoint"]
@@ -123,7 +123,8 @@ class _Session:
             return
         await self.stop(notify=True)
         self._turn_id = turn_id
-        self._turn = asyncio.create_task(self._run(turn_id, turn))
+        self._turn = asyncio.create_task(self._run(turn_id, turn), name=f"/ws turn {turn_id!r}")
+        self._turn.add_done_callback(reap)
 
     async def stop(self, notify: bool) -> None:
         """Cancel the turn in flight, if any, and wait until it has ended.
