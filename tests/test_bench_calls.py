@@ -6,8 +6,8 @@ every case and turn, never the figures in them: those belong to a quiet machine.
 
 from __future__ import annotations
 
-from loadtest.bench.calls import make_scripts, system_prompt
-from loadtest.bench.fleet import PHASES
+from loadtest.bench.calls import make_scripts, system_prompt, with_caller_details
+from loadtest.bench.fleet import COMPARISONS, PHASES
 
 from .test_bench import run_module
 
@@ -42,6 +42,12 @@ def test_system_prompts_have_their_size_and_calls_are_replayable() -> None:
         assert len(script.users) == 6
         assert all(2.0 <= think <= 4.0 for think in script.thinks)
         assert 0.0 <= script.start <= 3.0
+    personal = with_caller_details(scripts)
+    assert len({script.system for script in personal}) == 30
+    for script, own in zip(scripts, personal, strict=True):
+        assert own.system.startswith(prompt)
+        assert 200 < len(own.system) - len(prompt) < 300  # about 60 tokens
+        assert own.users == script.users
 
 
 def test_cache_scenario_prints_every_turn_of_every_case() -> None:
@@ -58,23 +64,26 @@ def test_cache_scenario_prints_every_turn_of_every_case() -> None:
         assert row[8] in ("similarity", "lru"), out  # the simulator logged the turn
 
 
-def test_fleet_scenario_prints_every_routing_and_the_failover() -> None:
+def test_fleet_scenario_prints_every_run_and_its_targets() -> None:
     result = run_module(
         "loadtest.bench.fleet", "--backends", "2", "--parallel", "1", "--calls", "3",
         "--turns", "2", "--think", "0.2", "--think-jitter", "0", "--spread", "0.1",
-        "--kill-after", "0.3", *TINY,
+        "--kill-after", "0.3", "--phases", "all", *TINY,
     )  # fmt: skip
     assert result.returncode in (0, 1), result.stdout + result.stderr
     out = result.stdout
-    for name in PHASES:
+    for name, phase in PHASES.items():
         rows = table(out, name)
         assert len(rows) == 2, out  # the summary and the per-turn TTFT
         summary, per_turn = rows
-        assert len(summary) == 11
+        assert len(summary) == 13
         assert len(per_turn) == 3  # the name, turn 1, turn 2
         if name != "failover":
-            assert summary[1:3] == ["6", "0"], out  # 3 calls x 2 turns, no error
-    assert "alone: at most 1 call(s) on one simulator" in out
+            assert summary[3:5] == ["6", "0"], out  # 3 calls x 2 turns, no error
+        # Only a server not told the system prompt leaves a slot without it.
+        assert (summary[10] != "0 %") == (not phase.setup.primed), out
+    assert "calls served per simulator, fewest-most: alone 1-1," in out
     assert "failover: simulator 2 of 2 killed" in out
-    for target in ("lower than round-robin", "the calls-alone one", "caller errors"):
-        assert target in out
+    for pinned, _, _ in COMPARISONS:
+        assert f"({pinned}) |" in out
+    assert "caller errors when one Ollama of 2 dies" in out

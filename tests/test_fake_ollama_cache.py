@@ -22,6 +22,7 @@ from .fake_ollama_support import (
     reset,
     simulator,
     stats,
+    stream_lines,
 )
 
 SYSTEM = "You are the voice agent of a dental practice; keep answers short. " * 25
@@ -84,6 +85,26 @@ def test_a_conversation_keeps_its_slot_and_evaluates_only_its_new_tokens(port: i
     slot = stats(port)["slots"][2]
     assert slot == {"id": 2, "busy": False, "cached_tokens": slot["cached_tokens"]}
     assert slot["cached_tokens"] > second["prompt_tokens"]
+
+
+def test_a_long_streamed_reply_resent_as_history_is_cached_whole(port: int) -> None:
+    # Past the reply's word cycle (21 tokens) every token streams with its leading
+    # space, as the slot holds it; only the reply's first token has none.
+    call(port, "POST", "/_sim/config", {"tokens": 50})
+    conversation = Call(port)
+    conversation.messages.append({"role": "user", "content": "Hi, I'd like to book a cleaning."})
+    lines = stream_lines(port, {"model": MODEL, "messages": conversation.messages})
+    words = [line["message"]["content"] for line in lines if not line["done"]]
+    assert len(words) == 50
+    assert (words[0], words[21], words[42]) == ("Sure", " Sure", " Sure")
+    first = records(port)[-1]
+    reply = "".join(words)
+    conversation.messages.append({"role": "assistant", "content": reply})
+    second = conversation.turn("Tuesday works.")
+    assert second["slot"] == first["slot"]
+    # The first prompt is at least 4 * tokens - 3 characters; all of it and the reply match.
+    assert second["cached_tokens"] >= (4 * first["prompt_tokens"] - 3 + len(reply)) // 4
+    assert second["evaluated_tokens"] < 40  # the template's headers and the caller's words
 
 
 def test_a_request_takes_the_most_similar_idle_slot_else_the_least_recently_used(

@@ -60,8 +60,9 @@ The modules: ``settings`` (the command line, the children's arguments), ``stream
 
 Two scenarios replay multi-turn calls through the server against the simulator's prompt
 cache: ``python -m loadtest.bench.cache`` (one Ollama: a call's TTFT per turn, its slot
-warm or taken between turns) and ``python -m loadtest.bench.fleet`` (several Ollamas,
-per routing policy, with failover); ``calls`` is what they share.
+warm or taken between turns) and ``python -m loadtest.bench.fleet`` (several Ollamas:
+routing policies on multi-slot and one-slot Ollamas, with and without priming, with
+per-call system prompts, with failover); ``calls`` is what they share.
 """
 
 from __future__ import annotations

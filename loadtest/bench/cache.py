@@ -85,10 +85,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     add = parser.add_argument
     add("--turns", type=int, default=6, help="turns of the call (default 6)")
     add("--system-tokens", type=int, default=1500, help="system prompt tokens (1500)")
-    # One sentence. The simulator streams the 22nd token of a reply (its word cycle's
-    # first word) without the space its slot keeps, so history resent after a longer
-    # reply stops matching the slot there.
-    add("--tokens", type=int, default=21, help="tokens per reply (default 21)")
+    add("--tokens", type=int, default=40, help="tokens per reply (default 40)")
     add("--pause", type=float, default=0.5, help="seconds between turns (0.5)")
     add("--ttft", type=float, default=gpu.first_token_ms, help="fixed ms to first token")
     add("--prefill", type=float, default=gpu.prefill_ms_per_token, help="ms per prompt token")

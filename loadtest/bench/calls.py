@@ -4,7 +4,8 @@ A call is a conversation with one assistant: every turn resends the system promp
 the whole history (as VAPI does) with what the caller just said, and the reply, as
 streamed, becomes history for the next turn. :func:`make_scripts` writes the calls of a
 run from a seed (what each caller says, when the call starts, how long the caller speaks
-between turns), so every configuration compared in one run replays the same calls.
+between turns), so every configuration compared in one run replays the same calls;
+:func:`with_caller_details` gives each call a system prompt of its own.
 
 Each turn is ``POST /v1/chat/completions`` on the server with a VAPI-shaped body, with
 VAPI's ``call.id`` or (keyless) without any key, over the call's own keep-alive
@@ -32,7 +33,7 @@ import random
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -52,12 +53,12 @@ __all__ = [
     "fetch_log",
     "fetch_metrics",
     "make_scripts",
-    "primed_tokens",
     "run_call",
     "served_turns",
     "start_fleet",
     "system_prompt",
     "wait_warm",
+    "with_caller_details",
 ]
 
 
@@ -201,9 +202,9 @@ def make_scripts(
     rng = random.Random(seed)
     scripts = []
     for index in range(count):
-        name = _NAMES[index % len(_NAMES)]
+        name, account = _caller(index)
         first = (
-            f"Hello, this is {name}, account number {4000 + index * 37}. "
+            f"Hello, this is {name}, account number {account}. "
             f"{_SAYINGS[rng.randrange(len(_SAYINGS))]}"
         )
         later = [_SAYINGS[rng.randrange(len(_SAYINGS))] for _ in range(turns - 1)]
@@ -219,6 +220,37 @@ def make_scripts(
             )
         )
     return scripts
+
+
+def _caller(index: int) -> tuple[str, int]:
+    """Call ``index``'s caller: their name and account number."""
+    return _NAMES[index % len(_NAMES)], 4000 + index * 37
+
+
+_PLANS = ("basic", "family", "premium")
+_MONTHS = ("January", "March", "May", "July", "September", "November")
+
+
+def with_caller_details(scripts: Sequence[CallScript]) -> list[CallScript]:
+    """The same calls, each system prompt ending with a block about its caller.
+
+    As VAPI's dynamic variables fill in an assistant's prompt: the shared prompt, then
+    the caller's name and account details (about 60 tokens), so no two calls send the
+    same system prompt.
+    """
+    calls = []
+    for script in scripts:
+        index = script.index
+        name, account = _caller(index)
+        details = (
+            f"\n\nAbout this caller: {name}, account number {account}, on the "
+            f"{_PLANS[index % len(_PLANS)]} plan since {2015 + index % 10}. Last visit: "
+            f"{_MONTHS[index % len(_MONTHS)]} {index % 28 + 1}. Open balance: "
+            f"{index * 13 % 200} dollars. Next appointment: none booked. Call them by "
+            "their first name and never read the account number out."
+        )
+        calls.append(replace(script, system=script.system + details))
+    return calls
 
 
 @dataclass
@@ -520,19 +552,6 @@ def served_turns(
     for attempts in served.values():
         attempts.sort(key=lambda attempt: attempt.received_at)
     return served
-
-
-def primed_tokens(logs: Sequence[Sequence[dict[str, Any]]]) -> int | None:
-    """The tokens of the prompt the server primed the slots with (system messages only)."""
-    sizes = [
-        int(record.get("prompt_tokens") or 0)
-        for log in logs
-        for record in log
-        if record.get("slot") is not None
-        and (messages := _messages(record))
-        and all(m.get("role") == "system" for m in messages)
-    ]
-    return max(sizes) if sizes else None
 
 
 def start_fleet(

@@ -1,31 +1,42 @@
-"""Calls against a fleet of simulated Ollamas: round-robin, least-loaded and call-pinned routing.
+"""Calls through several simulated Ollamas: where pinning a call to its Ollama pays, and where not.
 
 ``python -m loadtest.bench.fleet`` replays the same calls (:func:`~.calls.make_scripts`:
 a shared system prompt, several turns each, the caller speaking a few seconds between
-turns, more calls than slots in all) through the server in front of ``--backends``
-simulators with llama-server's prompt cache (``--parallel`` slots each, timed as
-:data:`~.calls.H100_8B`), once per configuration, each with fresh simulators and a fresh
-server started with its ``--routing``:
+turns) through the server in front of simulated Ollamas with llama-server's prompt cache
+(timed as :data:`~.calls.H100_8B`), once per run, each run with fresh simulators and a
+fresh server started with its ``--routing``. A run is a deployment with the calls'
+prompts (:class:`Setup`) and a routing policy; the runs (:data:`PHASES`):
 
-- ``alone``: the baseline, every call on an Ollama of its own (as many one-slot
-  simulators as calls; the server pins them, and the report says how many calls each
-  simulator served);
-- ``round-robin``, ``least-loaded``, ``pinned``: the server's routing policies, calls
-  keyed by VAPI's ``call.id``;
-- ``keyless``: pinned routing, no key (the conversation itself is the key);
-- ``failover``: pinned and keyed; ``--kill-after`` seconds in, one simulator is killed
-  (SIGKILL), its request log read just before.
+- ``alone``: the baseline, every call on a one-slot Ollama of its own (as many as
+  calls), pinned; the report says how many calls each simulator served;
+- ``round-robin``, ``least-loaded``, ``pinned``: ``--backends`` Ollamas of ``--parallel``
+  slots, calls keyed by VAPI's ``call.id``; ``keyless``: pinned, no key (the
+  conversation itself is the key); ``failover``: pinned, and ``--kill-after`` seconds in
+  one simulator is killed (SIGKILL), its request log read just before;
+- ``single-round-robin``: alone's one-slot Ollamas (``OLLAMA_NUM_PARALLEL=1``, several
+  per GPU) with round-robin routing; ``single-shared-pinned`` and
+  ``single-shared-round-robin``: as many one-slot Ollamas as the fleet has slots, fewer
+  than the calls;
+- ``unprimed-pinned``, ``unprimed-round-robin``: the fleet, the server not told the
+  system prompt, so nothing is primed (as when it lives in VAPI's dashboard);
+- ``per-call-alone``, ``per-call-pinned``, ``per-call-round-robin``: each call's system
+  prompt ends with its caller's details (:func:`~.calls.with_caller_details`, as VAPI's
+  dynamic variables fill them in); the server primes the shared part;
+- ``lru-pinned``, ``lru-round-robin``: what-if, the fleet with the simulators'
+  ``--slot-similarity 0`` (llama-server's ``--slot-prompt-similarity 0``: the least
+  recently used slot, and the RAM cache restores the turn's own prefix), which Ollama
+  0.32 does not set.
 
-Per configuration it reports TTFT p50/p99 of first turns and of later turns, how often a
-later turn re-evaluated its conversation (its cache held none of the call's own messages:
-cached tokens below the call's first prompt, so only what every call shares, the system
-prompt, was reused), how often a turn evaluated its whole prompt (system prompt
-included: cached tokens below the primed prompt), the mean tokens evaluated per later
-turn, how often a later turn ran on another backend than the call's previous turn, and
-the callers' errors (a failed turn ends its call). Then the targets: pinned TTFT p50 over
-later turns at least 3x lower than round-robin and within 20% of ``alone``, and no
-caller error in ``failover``. Exit status 0 when every target is met, 1 when one is
-missed, 2 when a child fails, 130 when interrupted.
+Per run it reports TTFT p50/p99 of first turns and of later turns, how often a later
+turn re-evaluated its conversation (its cache held none of the call's own messages:
+cached tokens below the call's first prompt), how often a turn evaluated its system
+prompt (cached tokens below the shared system prompt's), the mean tokens evaluated per
+later turn, how often a later turn ran on another backend than the call's previous
+turn, and the callers' errors (a failed turn ends its call). Then the targets, for each
+deployment with a pinned and a round-robin run (:data:`COMPARISONS`): pinned TTFT p50
+over later turns at least 3x lower than round-robin and within 20% of the calls alone;
+and no caller error in ``failover``. Exit status 0 when every target is met, 1 when one
+is missed, 2 when a child fails, 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -41,7 +52,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import uvloop
@@ -57,41 +68,17 @@ from .calls import (
     fetch_log,
     fetch_metrics,
     make_scripts,
-    primed_tokens,
     run_call,
     served_turns,
     start_fleet,
     system_prompt,
     wait_warm,
+    with_caller_details,
 )
 from .settings import DEFAULT_MODEL
 from .stats import percentile
 
-__all__ = ["PHASES", "Phase", "main"]
-
-
-@dataclass(frozen=True)
-class Phase:
-    """One configuration of the run."""
-
-    name: str
-    routing: str
-    keyed: bool = True
-    alone: bool = False
-    kill: bool = False
-
-
-PHASES = {
-    phase.name: phase
-    for phase in (
-        Phase("alone", "pinned", alone=True),
-        Phase("round-robin", "round-robin"),
-        Phase("least-loaded", "least-loaded"),
-        Phase("pinned", "pinned"),
-        Phase("keyless", "pinned", keyed=False),
-        Phase("failover", "pinned", kill=True),
-    )
-}
+__all__ = ["COMPARISONS", "DEFAULT_PHASES", "PHASES", "Phase", "Setup", "main"]
 
 
 @dataclass(frozen=True)
@@ -135,11 +122,115 @@ class Settings:
         return (self.spread + self.call_seconds) / 2
 
 
+@dataclass(frozen=True)
+class Setup:
+    """A deployment and what the calls send it.
+
+    ``ollamas``: ``fleet`` is ``--backends`` Ollamas of ``--parallel`` slots; ``per-call``
+    one one-slot Ollama per call; ``single`` as many one-slot Ollamas as the fleet has
+    slots. ``primed``: the server is told the shared system prompt. ``per_call``: each
+    call's system prompt ends with its caller's details. ``lru``: the simulators choose
+    slots without similarity (``--slot-similarity 0``).
+    """
+
+    ollamas: Literal["fleet", "per-call", "single"]
+    primed: bool = True
+    per_call: bool = False
+    lru: bool = False
+
+    def shape(self, settings: Settings) -> tuple[int, int]:
+        """How many Ollamas, and slots in each."""
+        if self.ollamas == "per-call":
+            return settings.calls, 1
+        if self.ollamas == "single":
+            return settings.backends * settings.parallel, 1
+        return settings.backends, settings.parallel
+
+    def describe(self, settings: Settings) -> str:
+        """The deployment and prompts in a few words."""
+        count, slots = self.shape(settings)
+        text = f"{count} Ollamas x {slots} slot{'s' if slots > 1 else ''}"
+        if self.ollamas == "per-call":
+            text += ", one per call"
+        elif self.ollamas == "single":
+            text += f", {settings.calls} calls"
+        if not self.primed:
+            text += ", not primed"
+        if self.per_call:
+            text += ", per-call prompts"
+        if self.lru:
+            text = "what-if: " + text + ", slot similarity 0"
+        return text
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One run: a setup and a routing policy."""
+
+    name: str
+    setup: Setup
+    routing: str
+    keyed: bool = True
+    kill: bool = False
+
+    @property
+    def how(self) -> str:
+        """The routing as the table shows it."""
+        if not self.keyed:
+            return f"{self.routing}, keyless"
+        if self.kill:
+            return f"{self.routing}, one Ollama killed"
+        return self.routing
+
+
+_FLEET = Setup("fleet")
+_ALONE = Setup("per-call")
+PHASES = {
+    phase.name: phase
+    for phase in (
+        Phase("alone", _ALONE, "pinned"),
+        Phase("round-robin", _FLEET, "round-robin"),
+        Phase("least-loaded", _FLEET, "least-loaded"),
+        Phase("pinned", _FLEET, "pinned"),
+        Phase("keyless", _FLEET, "pinned", keyed=False),
+        Phase("failover", _FLEET, "pinned", kill=True),
+        Phase("single-round-robin", _ALONE, "round-robin"),
+        Phase("single-shared-pinned", Setup("single"), "pinned"),
+        Phase("single-shared-round-robin", Setup("single"), "round-robin"),
+        Phase("unprimed-pinned", Setup("fleet", primed=False), "pinned"),
+        Phase("unprimed-round-robin", Setup("fleet", primed=False), "round-robin"),
+        Phase("per-call-alone", Setup("per-call", per_call=True), "pinned"),
+        Phase("per-call-pinned", Setup("fleet", per_call=True), "pinned"),
+        Phase("per-call-round-robin", Setup("fleet", per_call=True), "round-robin"),
+        Phase("lru-pinned", Setup("fleet", lru=True), "pinned"),
+        Phase("lru-round-robin", Setup("fleet", lru=True), "round-robin"),
+    )
+}
+# Without least-loaded and keyless, which route as round-robin and pinned do here.
+DEFAULT_PHASES = tuple(name for name in PHASES if name not in ("least-loaded", "keyless"))
+
+# Deployments whose pinned run is held to the targets: (pinned, round-robin, alone).
+# The calls alone are primed; their later turns do not depend on priming (each finds
+# its own conversation in its slot), nor on how a one-slot Ollama chooses its slot.
+COMPARISONS = (
+    ("pinned", "round-robin", "alone"),
+    ("alone", "single-round-robin", "alone"),
+    ("single-shared-pinned", "single-shared-round-robin", "alone"),
+    ("unprimed-pinned", "unprimed-round-robin", "alone"),
+    ("per-call-pinned", "per-call-round-robin", "per-call-alone"),
+    ("lru-pinned", "lru-round-robin", "alone"),
+)
+
+
 def _phases(text: str) -> tuple[str, ...]:
+    if text.strip() == "all":
+        return tuple(PHASES)
     names = tuple(v.strip() for v in text.split(",") if v.strip())
     unknown = [v for v in names if v not in PHASES]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown phase(s) {unknown}; known: {', '.join(PHASES)}")
+        raise argparse.ArgumentTypeError(
+            f"unknown run(s) {unknown}; known: all, {', '.join(PHASES)}"
+        )
     return names
 
 
@@ -149,19 +240,18 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser = argparse.ArgumentParser(
         prog="python -m loadtest.bench.fleet",
         description="Calls through the server in front of several simulated Ollamas with "
-        "the prompt cache: round-robin, least-loaded and pinned routing, a calls-alone "
-        "baseline, keyless calls and a backend killed mid-run.",
+        "the prompt cache: round-robin and pinned routing on a fleet of multi-slot "
+        "Ollamas, on one-slot Ollamas, without priming, with per-call system prompts and "
+        "with llama-server's slot similarity off; a calls-alone baseline and a backend "
+        "killed mid-run.",
     )
     add = parser.add_argument
-    add("--backends", type=int, default=3, help="simulated Ollamas (default 3)")
+    add("--backends", type=int, default=3, help="simulated Ollamas of the fleet (default 3)")
     add("--parallel", type=int, default=4, help="slots per Ollama, OLLAMA_NUM_PARALLEL (4)")
     add("--calls", type=int, default=24, help="concurrent calls (default 24)")
     add("--turns", type=int, default=6, help="turns per call (default 6)")
     add("--system-tokens", type=int, default=1500, help="system prompt tokens (1500)")
-    # One sentence. The simulator streams the 22nd token of a reply (its word cycle's
-    # first word) without the space its slot keeps, so history resent after a longer
-    # reply stops matching the slot there.
-    add("--tokens", type=int, default=21, help="tokens per reply (default 21)")
+    add("--tokens", type=int, default=40, help="tokens per reply (default 40)")
     add("--think", type=float, default=3.0, help="seconds the caller speaks between turns (3)")
     add("--think-jitter", type=float, default=1.0, help="± uniform jitter on --think (1)")
     add("--spread", type=float, default=None, help="seconds over which calls start (--think)")
@@ -173,8 +263,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     add(
         "--phases",
         type=_phases,
-        default=tuple(PHASES),
-        help=f"configurations to run, in order (default {','.join(PHASES)})",
+        default=DEFAULT_PHASES,
+        help=f"runs, in order, or all (default {','.join(DEFAULT_PHASES)})",
     )
     add("--kill-after", type=float, default=None, help="seconds into failover (halfway)")
     add("--timeout", type=float, default=30.0, help="seconds a turn may take (30)")
@@ -212,12 +302,11 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
 
 @dataclass
 class PhaseResult:
-    """What one configuration gave."""
+    """What one run gave."""
 
     phase: Phase
     results: list[TurnResult]
     served: dict[tuple[int, int], list[Served]]
-    primed: int | None
     seconds: float
     failovers: int  # the server's voice_llm_failovers_total
     killed: int | None = None  # the killed backend's index
@@ -226,19 +315,23 @@ class PhaseResult:
 
 
 async def _run_phase(
-    settings: Settings, phase: Phase, scripts: list[CallScript], log_dir: Path
+    settings: Settings, phase: Phase, scripts: list[CallScript], shared: str, log_dir: Path
 ) -> PhaseResult:
-    """Start the configuration's simulators and server, make every call, read the logs."""
-    backends = settings.calls if phase.alone else settings.backends
-    parallel = 1 if phase.alone else settings.parallel
+    """Start the run's simulators and server, make every call, read the logs.
+
+    ``shared`` is the system prompt all calls start with, which a primed run's server is
+    told.
+    """
+    setup = phase.setup
+    backends, parallel = setup.shape(settings)
     sim_args = [
         "--model", settings.model, "--tokens", str(settings.tokens),
-        "--parallel", str(parallel), "--preloaded",
-        *settings.gpu.simulator_args(), *settings.sim_args,
+        "--parallel", str(parallel), "--preloaded", *settings.gpu.simulator_args(),
+        *(["--slot-similarity", "0"] if setup.lru else []), *settings.sim_args,
     ]  # fmt: skip
     server_args = [
         "--model", settings.model, "--max-concurrency", str(parallel),
-        "--routing", phase.routing, "--system-prompt", scripts[0].system,
+        "--routing", phase.routing, *(["--system-prompt", shared] if setup.primed else []),
         "--prefill-rate", f"{settings.gpu.prefill_rate:.0f}", *settings.server_args,
     ]  # fmt: skip
     folder = log_dir / phase.name
@@ -294,7 +387,6 @@ async def _run_phase(
         phase,
         results,
         served,
-        primed_tokens(logs),
         seconds,
         int(metrics.get("voice_llm_failovers_total", 0)),
         killed,
@@ -303,7 +395,7 @@ async def _run_phase(
     )
 
 
-# Figures of one configuration
+# Figures of one run
 
 
 def _final(attempts: list[Served] | None) -> Served | None:
@@ -318,13 +410,13 @@ def _p(values: list[float], q: float) -> float:
     return percentile(sorted(values), q)
 
 
-def figures(result: PhaseResult, settings: Settings) -> dict[str, Any]:
-    """The table's figures of one configuration."""
+def figures(result: PhaseResult, settings: Settings, system_tokens: int) -> dict[str, Any]:
+    """The table's figures of one run (``system_tokens``: the shared system prompt's)."""
     turns = result.results
     first = [t.ttft_ms for t in turns if t.turn == 1 and t.ttft_ms is not None]
     later = [t.ttft_ms for t in turns if t.turn > 1 and t.ttft_ms is not None]
     served = result.served
-    history_lost = whole = later_served = moved = 0
+    history_lost = system = later_served = moved = 0
     evaluated: list[int] = []
     all_served = 0
     for turn in turns:
@@ -332,8 +424,8 @@ def figures(result: PhaseResult, settings: Settings) -> dict[str, Any]:
         if final is None:
             continue
         all_served += 1
-        if result.primed is not None and final.cached < result.primed - 1:
-            whole += 1
+        if final.cached < system_tokens:
+            system += 1
         if turn.turn == 1:
             continue
         opening = _final(served.get((turn.call, 1)))
@@ -348,6 +440,9 @@ def figures(result: PhaseResult, settings: Settings) -> dict[str, Any]:
     cut = [t for t in turns if t.error is None and t.tokens < settings.tokens]
     return {
         "phase": result.phase.name,
+        "setup": result.phase.setup.describe(settings),
+        "shape": "{} x {}".format(*result.phase.setup.shape(settings)),
+        "routing": result.phase.how,
         "calls": len({t.call for t in turns}),
         "turns": len(turns),
         "errors": len(errors),
@@ -358,7 +453,7 @@ def figures(result: PhaseResult, settings: Settings) -> dict[str, Any]:
         "later_p50": _p(later, 50),
         "later_p99": _p(later, 99),
         "history_lost": _share(history_lost, later_served),
-        "whole_prompt": _share(whole, all_served),
+        "system_prompt": _share(system, all_served),
         "evaluated": sum(evaluated) / len(evaluated) if evaluated else math.nan,
         "moved": _share(moved, later_served),
         "per_turn_p50": [
@@ -419,38 +514,40 @@ def _pct(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.0f} %"
 
 
-def report(settings: Settings, results: list[PhaseResult], load: tuple[float, float]) -> int:
+def report(
+    settings: Settings, results: list[PhaseResult], system_tokens: int, load: tuple[float, float]
+) -> int:
     """Print the tables and the targets; returns the exit status (0 met, 1 missed)."""
-    rows = {r.phase.name: figures(r, settings) for r in results}
+    rows = {r.phase.name: figures(r, settings, system_tokens) for r in results}
     gpu = settings.gpu
     print(
         f"\n{settings.calls} calls of {settings.turns} turns, {settings.system_tokens}-token "
         f"system prompt, {settings.tokens}-token replies, caller speaking "
-        f"{settings.think:g} ± {settings.jitter:g} s between turns; {settings.backends} "
-        f"simulated Ollamas x {settings.parallel} slots ({settings.backends * settings.parallel}"
-        f" slots in all); first token {gpu.first_token_ms:g} ms + {gpu.prefill_ms_per_token:g}"
-        f" ms per evaluated prompt token + {gpu.restore_ms_per_token:g} ms per restored token,"
-        f" {gpu.itl_ms:g} ms between tokens; load average {load[0]:.2f} before, "
-        f"{load[1]:.2f} after\n"
+        f"{settings.think:g} ± {settings.jitter:g} s between turns; first token "
+        f"{gpu.first_token_ms:g} ms + {gpu.prefill_ms_per_token:g} ms per evaluated prompt "
+        f"token + {gpu.restore_ms_per_token:g} ms per restored token, {gpu.itl_ms:g} ms "
+        f"between tokens; load average {load[0]:.2f} before, {load[1]:.2f} after\n"
     )
+    for row in rows.values():
+        print(f"- {row['phase']}: {row['setup']}, {row['routing']}")
     later = f"turns 2-{settings.turns}" if settings.turns > 2 else "turn 2"
     print(
-        f"| routing | turns | errors | turn 1 p50 | turn 1 p99 | {later} p50 | {later} p99 "
-        "| conversation re-evaluated | whole prompt evaluated | evaluated tokens per later "
-        "turn | later turns moved |"
+        f"\n| run | Ollamas x slots | routing | turns | errors | turn 1 p50 | turn 1 p99 "
+        f"| {later} p50 | {later} p99 | conversation re-evaluated | system prompt evaluated "
+        "| evaluated tokens per later turn | later turns moved |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | --- | --- |" + " ---: |" * 10)
     for name, row in rows.items():
         print(
-            f"| {name} | {row['turns']} | {row['errors']} | {_ms(row['turn1_p50'])} "
-            f"| {_ms(row['turn1_p99'])} | {_ms(row['later_p50'])} | {_ms(row['later_p99'])} "
-            f"| {_pct(row['history_lost'])} | {_pct(row['whole_prompt'])} "
-            f"| {_count(row['evaluated'])} "
+            f"| {name} | {row['shape']} | {row['routing']} | {row['turns']} | {row['errors']} "
+            f"| {_ms(row['turn1_p50'])} | {_ms(row['turn1_p99'])} | {_ms(row['later_p50'])} "
+            f"| {_ms(row['later_p99'])} | {_pct(row['history_lost'])} "
+            f"| {_pct(row['system_prompt'])} | {_count(row['evaluated'])} "
             f"| {_pct(row['moved'])} |"
         )
     print("\nTTFT p50 by turn, ms:\n")
     numbers = range(1, settings.turns + 1)
-    print("| routing | " + " | ".join(f"turn {k}" for k in numbers) + " |")
+    print("| run | " + " | ".join(f"turn {k}" for k in numbers) + " |")
     print("| --- |" + " ---: |" * settings.turns)
     for name, row in rows.items():
         print(f"| {name} | " + " | ".join(_ms(v) for v in row["per_turn_p50"]) + " |")
@@ -460,9 +557,13 @@ def report(settings: Settings, results: list[PhaseResult], load: tuple[float, fl
             print(f"{name}: {row['errors']} failed turns: {'; '.join(row['error_reasons'][:3])}")
         if row["cut"]:
             print(f"{name}: {row['cut']} replies cut short (fewer than {settings.tokens} tokens)")
-    if "alone" in rows:
-        most = max(rows["alone"]["per_backend"], default=0)
-        print(f"alone: at most {most} call(s) on one simulator")
+    spread = [
+        f"{name} {min(row['per_backend'], default=0)}-{max(row['per_backend'], default=0)}"
+        for name, row in rows.items()
+        if PHASES[name].routing == "pinned" and not PHASES[name].kill
+    ]
+    if spread:
+        print(f"calls served per simulator, fewest-most: {', '.join(spread)}")
     failover: dict[str, Any] | None = None
     for result in results:
         if result.phase.kill:
@@ -475,7 +576,7 @@ def report(settings: Settings, results: list[PhaseResult], load: tuple[float, fl
                 f"{_ms(failover['moved_max'])} ms, {_ms(failover['moved_evaluated'])} tokens "
                 "evaluated on average"
             )
-    missed = _targets(rows, later)
+    missed = _targets(settings, rows, later)
     if settings.json_path is not None:
         data = {
             "settings": {k: v for k, v in settings.__dict__.items() if k != "json_path"},
@@ -496,48 +597,64 @@ def report(settings: Settings, results: list[PhaseResult], load: tuple[float, fl
     return 1 if missed else 0
 
 
-def _targets(rows: dict[str, dict[str, Any]], later: str) -> bool:
-    """Print each target that the run can check; whether one was missed."""
-    checks: list[tuple[str, bool]] = []
-    pinned = rows.get("pinned")
-    if pinned is not None and "round-robin" in rows:
-        ratio = rows["round-robin"]["later_p50"] / pinned["later_p50"]
+def _verdict(ratio: float, passed: bool) -> str:
+    return "-" if math.isnan(ratio) else f"{ratio:.2f}x {'PASS' if passed else '**MISS**'}"
+
+
+def _targets(settings: Settings, rows: dict[str, dict[str, Any]], later: str) -> bool:
+    """Print the targets of every deployment the run can check; whether one was missed."""
+    checks: list[tuple[str, str, str]] = []
+    missed = False
+    for pinned, round_robin, alone in COMPARISONS:
+        if not all(name in rows for name in (pinned, round_robin, alone)):
+            continue
+        lower = rows[round_robin]["later_p50"] / rows[pinned]["later_p50"]
+        above = rows[pinned]["later_p50"] / rows[alone]["later_p50"]
+        missed = missed or not (lower >= 3 and above <= 1.2)
         checks.append(
-            (f"pinned {later} TTFT p50 {ratio:.2f}x lower than round-robin (≥ 3x)", ratio >= 3)
+            (
+                f"{rows[pinned]['setup']} ({pinned})",
+                _verdict(lower, lower >= 3),
+                _verdict(above, above <= 1.2),
+            )
         )
-    if pinned is not None and "alone" in rows:
-        ratio = pinned["later_p50"] / rows["alone"]["later_p50"]
-        checks.append(
-            (f"pinned {later} TTFT p50 {ratio:.2f}x the calls-alone one (≤ 1.2x)", ratio <= 1.2)
+    if checks:
+        print(
+            f"\n| deployment (pinned run) | round-robin / pinned, {later} TTFT p50 (≥ 3x) "
+            f"| pinned / alone, {later} TTFT p50 (≤ 1.2x) |"
         )
+        print("| --- | ---: | ---: |")
+        for text, lower_text, above_text in checks:
+            print(f"| {text} | {lower_text} | {above_text} |")
     if "failover" in rows:
         errors = rows["failover"]["errors"]
-        checks.append((f"failover: {errors} caller errors (none)", errors == 0))
-    if checks:
-        print()
-    for text, passed in checks:
-        print(f"{'PASS' if passed else 'MISS'}  {text}")
-    return any(not passed for _, passed in checks)
+        missed = missed or errors > 0
+        print(
+            f"\n{'PASS' if errors == 0 else 'MISS'}  failover: {errors} caller errors when one "
+            f"Ollama of {settings.backends} dies (none)"
+        )
+    return missed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run every configuration, print the tables, stop every child."""
     settings = parse_args(argv)
-    system = system_prompt(settings.system_tokens)
+    shared = system_prompt(settings.system_tokens)
     scripts = make_scripts(
         settings.calls,
         settings.turns,
-        system,
+        shared,
         settings.think,
         settings.jitter,
         settings.spread,
         settings.seed,
     )
+    personal = with_caller_details(scripts)
     log_dir = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
     failed = False
     load_before = os.getloadavg()[0]
     print(
-        f"{len(settings.phases)} configurations of about "
+        f"{len(settings.phases)} runs of about "
         f"{settings.spread + settings.call_seconds:.0f} s each",
         file=sys.stderr,
     )
@@ -545,8 +662,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = []
         for name in settings.phases:
             print(f"running {name}", file=sys.stderr)
-            results.append(uvloop.run(_run_phase(settings, PHASES[name], scripts, log_dir)))
-        return report(settings, results, (load_before, os.getloadavg()[0]))
+            phase = PHASES[name]
+            calls = personal if phase.setup.per_call else scripts
+            results.append(uvloop.run(_run_phase(settings, phase, calls, shared, log_dir)))
+        # Four characters a token: what the simulator counts of the shared prompt.
+        system_tokens = len(shared) // 4
+        return report(settings, results, system_tokens, (load_before, os.getloadavg()[0]))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         failed = True

@@ -97,10 +97,11 @@ def _generate_line(field: str, value: str) -> bytes:
     return b'","response":"","thinking":' + go_json(value) + b',"done":false}\n'
 
 
-_CONTENT_LINES: Final = tuple(_chat_line("content", word) for word in (_FIRST_TOKEN, *VOCAB[1:]))
-_RESPONSE_LINES: Final = tuple(
-    _generate_line("content", word) for word in (_FIRST_TOKEN, *VOCAB[1:])
-)
+# Token i's line is the line of VOCAB[i % len(VOCAB)], except the reply's first token.
+_CONTENT_LINES: Final = tuple(_chat_line("content", word) for word in VOCAB)
+_RESPONSE_LINES: Final = tuple(_generate_line("content", word) for word in VOCAB)
+_FIRST_CONTENT_LINE: Final = _chat_line("content", _FIRST_TOKEN)
+_FIRST_RESPONSE_LINE: Final = _generate_line("content", _FIRST_TOKEN)
 
 
 def reply_text(tokens: int) -> str:
@@ -425,6 +426,8 @@ class _Script:
         lines = _CONTENT_LINES if self.chat else _RESPONSE_LINES
         words = [token_text(index) for index in range(count)]
         self.lines += [lines[index % len(VOCAB)] for index in range(count)]
+        if count:
+            self.lines[-count] = _FIRST_CONTENT_LINE if self.chat else _FIRST_RESPONSE_LINE
         self.raw += words
         self.content += words
         self.thinking += [""] * count
