@@ -14,6 +14,10 @@
 #   several, Ollama i listens on OLLAMA_HOST's port + i and sees one GPU
 #   (CUDA_VISIBLE_DEVICES). The server gets them all in OLLAMA_HOSTS, these first, then the
 #   ones OLLAMA_HOSTS named (Ollamas elsewhere).
+# - OLLAMA_PER_GPU: K (default 1) runs K Ollamas where one would run (on each GPU, or K
+#   seeing every GPU), each its own process with its own slots. With OLLAMA_NUM_PARALLEL=1
+#   and one Ollama per concurrent call, no call's prompt cache is taken by another call
+#   (docs/benchmark.md, the fleet); each holds its own copy of the weights.
 # - SIGTERM or SIGINT: the Python process gets SIGTERM first (background children of a
 #   script ignore SIGINT); once it has drained its in-flight turns and exited, every Ollama
 #   gets SIGTERM. Exit status 0 when the Python process stopped cleanly.
@@ -28,7 +32,7 @@
 #   mode: the worker starts anyway and fails jobs with the reason); bad settings exit 2
 #   before anything starts.
 #
-# Settings (environment): MODE, OLLAMA_GPUS, APP_DIR (where server/ and handler.py are),
+# Settings (environment): MODE, OLLAMA_GPUS, OLLAMA_PER_GPU, APP_DIR (where server/ and handler.py are),
 # PYTHON (the interpreter), OLLAMA_START_TIMEOUT, PRELOAD_TIMEOUT, OLLAMA_STOP_TIMEOUT,
 # HEALTH_INTERVAL (seconds), OLLAMA_RESTARTS. Everything else (OLLAMA_HOST, OLLAMA_HOSTS,
 # MODEL, PORT, NUM_CTX...) passes through to Ollama and to the server, which read it
@@ -39,6 +43,7 @@ APP_DIR=${APP_DIR:-/app}
 PYTHON=${PYTHON:-/opt/venv/bin/python}
 MODE=${MODE:-server}
 OLLAMA_GPUS=${OLLAMA_GPUS:-1}
+OLLAMA_PER_GPU=${OLLAMA_PER_GPU:-1}
 OLLAMA_START_TIMEOUT=${OLLAMA_START_TIMEOUT:-60}
 PRELOAD_TIMEOUT=${PRELOAD_TIMEOUT:-300}
 OLLAMA_STOP_TIMEOUT=${OLLAMA_STOP_TIMEOUT:-10}
@@ -515,6 +520,9 @@ for setting in OLLAMA_START_TIMEOUT PRELOAD_TIMEOUT OLLAMA_STOP_TIMEOUT HEALTH_I
     fail 2 "$setting=${!setting} is not a whole number of seconds above zero"
   fi
 done
+if [[ ! $OLLAMA_PER_GPU =~ ^[1-9][0-9]?$ ]]; then
+  fail 2 "OLLAMA_PER_GPU=$OLLAMA_PER_GPU is not a whole number of Ollamas from 1 to 99"
+fi
 if [[ ! $OLLAMA_RESTARTS =~ ^[0-9]{1,6}$ ]]; then
   fail 2 "OLLAMA_RESTARTS=$OLLAMA_RESTARTS is not a whole number"
 fi
@@ -545,6 +553,14 @@ else
     log "nvidia-smi lists ${#gpus[@]} GPUs and one Ollama sees them all (OLLAMA_GPUS=$OLLAMA_GPUS); for a model that fits one GPU, OLLAMA_GPUS=auto runs one Ollama per GPU"
   fi
   ((count > 1)) || gpus=("") # one Ollama: every GPU
+  if ((OLLAMA_PER_GPU > 1)); then
+    spread=()
+    for gpu in "${gpus[@]}"; do
+      for ((k = 0; k < OLLAMA_PER_GPU; k++)); do spread+=("$gpu"); done
+    done
+    gpus=("${spread[@]}")
+    count=${#gpus[@]}
+  fi
 fi
 if [[ $MODE == ollama && $count == 0 ]]; then
   fail 2 "MODE=ollama with OLLAMA_GPUS=0 would run nothing"
@@ -618,8 +634,14 @@ elif ((count == 1)); then
   log "MODE=$MODE: starting ollama serve (Ollama at ${ollama_urls[0]}, model $model)"
 else
   placed=""
-  for i in "${!ollama_urls[@]}"; do placed+="${placed:+, }${ollama_urls[i]} on GPU ${ollama_gpus[i]}"; done
-  log "MODE=$MODE: starting $count ollama serve, one per GPU (model $model): $placed"
+  for i in "${!ollama_urls[@]}"; do
+    placed+="${placed:+, }${ollama_urls[i]}${ollama_gpus[i]:+ on GPU ${ollama_gpus[i]}}"
+  done
+  if ((OLLAMA_PER_GPU == 1)); then
+    log "MODE=$MODE: starting $count ollama serve, one per GPU (model $model): $placed"
+  else
+    log "MODE=$MODE: starting $count ollama serve, $OLLAMA_PER_GPU per GPU (model $model): $placed"
+  fi
 fi
 for i in "${!ollama_urls[@]}"; do
   start_ollama "$i"

@@ -705,10 +705,30 @@ def test_sigterm_while_waiting_for_ollama_stops_cleanly(tmp_path: Path) -> None:
         assert "starting python" not in run.output()
 
 
+def test_several_ollamas_per_gpu_each_on_its_own_port(tmp_path: Path) -> None:
+    with entrypoint(tmp_path, OLLAMA_PER_GPU="3", OLLAMA_NUM_PARALLEL="1") as run:
+        run.wait_warm()
+        urls = [run.ollama_at(i) for i in range(3)]
+        assert [[(c.args, c.gpus) for c in run.serves_on(i)] for i in range(3)] == [
+            [("serve", "-")]  # one GPU on the pod, seen by each (no CUDA_VISIBLE_DEVICES)
+        ] * 3
+        assert (
+            f"entrypoint: MODE=server: starting 3 ollama serve, 3 per GPU (model {MODEL}): "
+            + ", ".join(urls)
+        ) in run.lines()
+        health = get_json(f"{run.url}/health")
+        assert [(b["url"], b["warm"], b["slots"]) for b in health["backends"]] == [
+            (url, True, 1) for url in urls
+        ]
+        run.proc.send_signal(signal.SIGTERM)
+        assert run.exit_code() == 0, run.output()
+
+
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [
         ((), {"MODE": "pod"}, "MODE=pod is not 'server', 'serverless' or 'ollama'"),
+        ((), {"OLLAMA_PER_GPU": "0"}, "OLLAMA_PER_GPU=0 is not a whole number of Ollamas"),
         (("--port", "9000"), {}, "no arguments are taken (got: --port 9000)"),
         ((), {"OLLAMA_START_TIMEOUT": "0"}, "OLLAMA_START_TIMEOUT=0 is not a whole number"),
         ((), {"PRELOAD_TIMEOUT": "soon"}, "PRELOAD_TIMEOUT=soon is not a whole number"),
@@ -734,6 +754,7 @@ def test_sigterm_while_waiting_for_ollama_stops_cleanly(tmp_path: Path) -> None:
     ],
     ids=[
         "mode",
+        "per-gpu",
         "arguments",
         "start-timeout",
         "preload-timeout",
