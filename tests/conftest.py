@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
@@ -130,7 +129,10 @@ def start_fake(*args: str) -> FakeOllama:
 
 
 def start_server(ollama_url: str, *args: str, wait_warm: bool = True, **env: str) -> Process:
-    """Start ``python -m server`` on a free port; by default wait until ``/ping`` says warm."""
+    """Start ``python -m server`` on a free port; by default wait until ``/ping`` says warm.
+
+    With ``wait_warm=False``, return once it answers ``/ping`` at all.
+    """
     port = free_port()
     log = tempfile.NamedTemporaryFile(prefix="server-", suffix=".log")  # noqa: SIM115
     environment = {k: v for k, v in os.environ.items() if k not in ("API_KEY", "MODEL")}
@@ -159,12 +161,15 @@ def start_server(ollama_url: str, *args: str, wait_warm: bool = True, **env: str
         if proc.poll() is not None:
             server.stop()
             raise RuntimeError(f"the server exited: {server.output().decode()}")
-        with (
-            contextlib.suppress(OSError),
-            urllib.request.urlopen(f"{server.url}/ping", timeout=1) as response,  # noqa: S310
-        ):
-            if response.status == 200 or not wait_warm:
+        try:
+            with urllib.request.urlopen(f"{server.url}/ping", timeout=1) as response:  # noqa: S310
+                if response.status == 200 or not wait_warm:
+                    return server
+        except urllib.error.HTTPError:  # a 503: listening, but no Ollama will take turns
+            if not wait_warm:
                 return server
+        except OSError:
+            pass  # not listening yet
         time.sleep(0.05)
     server.stop()
     raise RuntimeError(f"the server did not become ready in 20 s: {server.output().decode()}")

@@ -370,9 +370,10 @@ def test_warmth_follows_reachability() -> None:
 
 def test_a_model_missing_from_ollama_says_how_to_fix_it() -> None:
     fake = start_fake("--model", "qwen2.5:7b", "--load-ms", "20")
-    server = start_server(fake.url, wait_warm=False)
     fix = f"model 'llama3.1:8b' is not in Ollama at {fake.url}: run ollama pull llama3.1:8b"
+    server: Process | None = None
     try:
+        server = start_server(fake.url, wait_warm=False)
         with httpx.Client(timeout=10) as http:
             wait_for(
                 lambda: http.get(f"{server.url}/health").json()["backends"][0]["model_missing"]
@@ -394,7 +395,8 @@ def test_a_model_missing_from_ollama_says_how_to_fix_it() -> None:
         wait_for(lambda: len([r for r in fake.requests() if r["path"] == "/api/chat"]) >= 3)
         assert server.output().decode().count(fix) == 2  # logged once, and the turn's line
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
         fake.stop()
 
 
