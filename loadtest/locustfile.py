@@ -510,21 +510,18 @@ def receive_frame(socket: ClientConnection, timeout: float) -> dict[str, Any]:
     return frame
 
 
-class WebSocketUser(User):
-    """Calls over ``/ws``: one socket per call, turns as ``chat`` frames, some barged in.
+class _SocketUser(User):
+    """What a caller on one socket per call has: its URL, settings, auth and reports."""
 
-    ``websockets.sync.client`` runs as it is under locust's gevent monkey-patching: its
-    reader thread, locks and selector become greenlets and gevent primitives, so
-    hundreds of sockets share the one locust process like any other user.
-    """
-
-    weight = 1
+    abstract = True
+    path = WS_PATH
+    kind = "WS"  # the request type its entries are reported under
 
     def __init__(self, environment: Environment) -> None:
         super().__init__(environment)
         if self.host is None:
             raise StopTest("give the server's base URL with --host")
-        self.url = ws_url(self.host)
+        self.url = ws_url(self.host, self.path)
         self.settings = Settings.from_options(environment.parsed_options)
         self.rng = random.Random()
         self.headers: dict[str, str] = {}
@@ -537,7 +534,18 @@ class WebSocketUser(User):
 
     def _fire(self, name: str, started: float, exception: Exception | None = None) -> None:
         elapsed = (time.perf_counter() - started) * 1000
-        report(self.environment.events.request, "WS", name, elapsed, 0, exception)
+        report(self.environment.events.request, self.kind, name, elapsed, 0, exception)
+
+
+class WebSocketUser(_SocketUser):
+    """Calls over ``/ws``: one socket per call, turns as ``chat`` frames, some barged in.
+
+    ``websockets.sync.client`` runs as it is under locust's gevent monkey-patching: its
+    reader thread, locks and selector become greenlets and gevent primitives, so
+    hundreds of sockets share the one locust process like any other user.
+    """
+
+    weight = 1
 
     @task
     def call(self) -> None:
@@ -668,7 +676,7 @@ def retell_transcript(conversation: Conversation) -> list[dict[str, str]]:
     ]
 
 
-class RetellUser(User):
+class RetellUser(_SocketUser):
     """Calls as Retell places them: one socket per call to ``{host}/llm-websocket/{call id}``.
 
     The server sends its config and the opening response (``response_id`` 0) first. Each
@@ -682,25 +690,8 @@ class RetellUser(User):
     """
 
     weight = 1
-
-    def __init__(self, environment: Environment) -> None:
-        super().__init__(environment)
-        if self.host is None:
-            raise StopTest("give the server's base URL with --host")
-        self.url = ws_url(self.host, RETELL_PATH)
-        self.settings = Settings.from_options(environment.parsed_options)
-        self.rng = random.Random()
-        self.headers: dict[str, str] = {}
-        if self.settings.api_key:
-            self.headers["Authorization"] = f"Bearer {self.settings.api_key}"
-
-    def wait_time(self) -> float:
-        """The pause between two calls on this line."""
-        return self.settings.think(self.rng)
-
-    def _fire(self, name: str, started: float, exception: Exception | None = None) -> None:
-        elapsed = (time.perf_counter() - started) * 1000
-        report(self.environment.events.request, "Retell", name, elapsed, 0, exception)
+    path = RETELL_PATH
+    kind = "Retell"
 
     def _receive(self, socket: ClientConnection) -> dict[str, Any]:
         """The next frame but the server's own pings."""

@@ -25,9 +25,7 @@ import argparse
 import asyncio
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -45,6 +43,7 @@ from .calls import (
     api_key,
     fetch_log,
     make_scripts,
+    run_scenario,
     served_turns,
     start_fleet,
     system_prompt,
@@ -229,10 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     systems = [system_prompt(settings.system_tokens, assistant) for assistant in (0, 1)]
     scripts = make_scripts(3, settings.turns, systems[0], 0.0, 0.0, 0.0, seed=7)
     caller, same, other = scripts[0], scripts[1], replace(scripts[2], system=systems[1])
-    log_dir = Path(tempfile.mkdtemp(prefix="bench-cache-"))
-    failed = False
-    load_before = os.getloadavg()[0]
-    try:
+
+    def work(log_dir: Path, load_before: float) -> int:
         cases = {}
         for name, assistant in CASES.items():
             print(f"running {name}", file=sys.stderr)
@@ -240,19 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             cases[name] = uvloop.run(_run_case(settings, name, calls, log_dir))
         report(settings, cases, (load_before, os.getloadavg()[0]))
         return 0
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        failed = True
-        return 130
-    except RuntimeError as exc:
-        print(f"cache: {exc}", file=sys.stderr)
-        failed = True
-        return 2
-    finally:
-        if failed:
-            print(f"child logs kept in {log_dir}", file=sys.stderr)
-        else:
-            shutil.rmtree(log_dir, ignore_errors=True)
+
+    return run_scenario("cache", work)
 
 
 if __name__ == "__main__":

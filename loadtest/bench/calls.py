@@ -29,11 +29,16 @@ tokens/s (tg1024).
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import shutil
+import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -54,6 +59,7 @@ __all__ = [
     "fetch_metrics",
     "make_scripts",
     "run_call",
+    "run_scenario",
     "served_turns",
     "start_fleet",
     "system_prompt",
@@ -585,3 +591,28 @@ async def wait_warm(server: Child, count: int, wait: float = 60.0) -> None:
             return
         await asyncio.sleep(0.1)
     raise RuntimeError(f"the server's {count} backends were not all warm within {wait:g} s")
+
+
+def run_scenario(name: str, work: Callable[[Path, float], int]) -> int:
+    """Run a scenario: ``work(log_dir, load_before)`` gives its exit status.
+
+    The children's logs go to a fresh folder, kept (and named) only when something
+    failed: 130 after ^C, 2 when a child failed (a ``RuntimeError``).
+    """
+    log_dir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    failed = True
+    try:
+        status = work(log_dir, os.getloadavg()[0])
+        failed = False
+        return status
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except RuntimeError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if failed:
+            print(f"child logs kept in {log_dir}", file=sys.stderr)
+        else:
+            shutil.rmtree(log_dir, ignore_errors=True)

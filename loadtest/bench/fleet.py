@@ -45,9 +45,7 @@ import argparse
 import asyncio
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -69,6 +67,7 @@ from .calls import (
     fetch_metrics,
     make_scripts,
     run_call,
+    run_scenario,
     served_turns,
     start_fleet,
     system_prompt,
@@ -650,15 +649,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.seed,
     )
     personal = with_caller_details(scripts)
-    log_dir = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
-    failed = False
-    load_before = os.getloadavg()[0]
     print(
         f"{len(settings.phases)} runs of about "
         f"{settings.spread + settings.call_seconds:.0f} s each",
         file=sys.stderr,
     )
-    try:
+
+    def work(log_dir: Path, load_before: float) -> int:
         results = []
         for name in settings.phases:
             print(f"running {name}", file=sys.stderr)
@@ -668,19 +665,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Four characters a token: what the simulator counts of the shared prompt.
         system_tokens = len(shared) // 4
         return report(settings, results, system_tokens, (load_before, os.getloadavg()[0]))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        failed = True
-        return 130
-    except RuntimeError as exc:
-        print(f"fleet: {exc}", file=sys.stderr)
-        failed = True
-        return 2
-    finally:
-        if failed:
-            print(f"child logs kept in {log_dir}", file=sys.stderr)
-        else:
-            shutil.rmtree(log_dir, ignore_errors=True)
+
+    return run_scenario("fleet", work)
 
 
 if __name__ == "__main__":
