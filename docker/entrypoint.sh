@@ -113,27 +113,23 @@ reap() {
   done
 }
 
-# Wait up to $2 seconds (a decimal) for the child $1 to exit; true if it did.
+# Wait until the child $1 has exited (true) or the clock passes $2, in microseconds (false).
+# It polls rather than using `wait -n`: bash can drop a finished child from the jobs that
+# `wait -n` watches when it starts another background process, and then waits for ever.
 wait_exit() {
-  local pid=$1 timer finished status
-  sleep "$2" &
-  timer=$!
-  if ! kill -0 "$pid" 2>/dev/null; then
-    kill "$timer" 2>/dev/null || true
-    reap "$timer"
-    collect "$pid"
-    return 0
-  fi
+  local pid=$1 stat state
   while :; do
-    status=0
-    wait -n -p finished "$pid" "$timer" || status=$?
-    if [[ ${finished:-} == "$pid" || (-z ${finished:-} && $status == 127) ]]; then
-      kill "$timer" 2>/dev/null || true
-      reap "$timer"
+    state=""
+    if kill -0 "$pid" 2>/dev/null && stat=$(<"/proc/$pid/stat") 2>/dev/null; then
+      state=${stat##*) }
+      state=${state%% *}
+    fi
+    if [[ -z $state || $state == Z ]]; then # gone, or only waiting to be reaped
+      collect "$pid"
       return 0
     fi
-    [[ ${finished:-} != "$timer" ]] || return 1
-    # Interrupted by a signal (its trap has run): keep waiting.
+    (($(now_us) < $2)) || return 1
+    sleep 0.05
   done
 }
 
@@ -173,7 +169,7 @@ forget_ollama() {
 # Stop the Ollamas $@ (indices) at once: SIGTERM, then SIGKILL for any still running after
 # OLLAMA_STOP_TIMEOUT seconds.
 stop_ollamas() {
-  local i pid left
+  local i pid
   local -a stopping=()
   for i in "$@"; do
     [[ -n ${ollama_pids[i]} ]] || continue
@@ -183,9 +179,7 @@ stop_ollamas() {
   local deadline=$(($(now_us) + OLLAMA_STOP_TIMEOUT * 1000000))
   for i in "${stopping[@]}"; do
     pid=${ollama_pids[i]}
-    left=$(((deadline - $(now_us)) / 1000))
-    ((left > 0)) || left=0
-    if ! wait_exit "$pid" "$((left / 1000)).$(printf '%03d' $((left % 1000)))"; then
+    if ! wait_exit "$pid" "$deadline"; then
       log "$(ollama_name "$i") did not stop within $OLLAMA_STOP_TIMEOUT s (OLLAMA_STOP_TIMEOUT); killing it"
       kill -s KILL -- "-$pid" 2>/dev/null || true
       reap "$pid"
