@@ -29,11 +29,24 @@ class UpstreamTimeout(TimeoutError):
     """Ollama sent nothing within the allowed time."""
 
 
+class _Detached:
+    """Callbacks for the parser of a closed connection: none."""
+
+
+# A closed connection swaps its parser (which holds the connection) for this one, so
+# the two do not keep each other alive until a garbage collection.
+_DETACHED = httptools.HttpResponseParser(_Detached())
+
+
 class Connection(asyncio.Protocol):
     """One HTTP/1.1 connection to Ollama carrying one request at a time.
 
     The response body is split into lines as it arrives; :meth:`readline` hands them
     out. A watchdog fails the response when no data arrives for too long.
+
+    Nothing here forms a reference cycle once the connection is closed, so a closed
+    connection is freed at once rather than by a garbage collection (whose pause
+    stops every stream).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -43,7 +56,7 @@ class Connection(asyncio.Protocol):
         self._lines: deque[bytes] = deque()
         self._partial = b""
         self._waiter: asyncio.Future[None] | None = None
-        self._error: BaseException | None = None
+        self._error: UpstreamClosed | UpstreamTimeout | None = None
         self._paused = False
         self._watchdog: asyncio.TimerHandle | None = None
         self._last_data = 0.0
@@ -69,6 +82,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        self._parser = _DETACHED
         if not self.complete and self._error is None:
             self._error = UpstreamClosed("Ollama closed the connection mid-response")
         self._wake()
@@ -141,7 +155,8 @@ class Connection(asyncio.Protocol):
         lines = self._lines
         while not lines:
             if self._error is not None:
-                raise self._error
+                # A new instance: one kept here would hold, by its traceback, this frame.
+                raise type(self._error)(*self._error.args)
             if self.complete:
                 return None
             self._waiter = self._loop.create_future()
@@ -181,7 +196,7 @@ class Connection(asyncio.Protocol):
         if self.complete or self._error is not None:
             self._stop_watchdog()
 
-    def _fail(self, error: BaseException) -> None:
+    def _fail(self, error: UpstreamClosed | UpstreamTimeout) -> None:
         if self._error is None:
             self._error = error
         self.close()

@@ -58,6 +58,13 @@ class _HeaderDeadlineProtocol(HttpToolsProtocol):
         self._disarm()
         super().connection_lost(exc)
 
+    def handle_websocket_upgrade(self) -> None:
+        super().handle_websocket_upgrade()
+        # The websocket protocol has the connection now and uvicorn never calls this
+        # one's connection_lost: drop the parser, whose callbacks would keep this
+        # protocol alive in a cycle until a garbage collection.
+        self.parser = None  # type: ignore[assignment]
+
     def _arm(self) -> None:
         self._deadline = self.loop.call_later(self.header_timeout, self._expired)
 
@@ -85,7 +92,12 @@ _websockets_log.setLevel(logging.WARNING)
 
 
 class WebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's websockets-sansio protocol; see the module's docstring."""
+    """uvicorn's websockets-sansio protocol; see the module's docstring.
+
+    A closed connection leaves no reference cycle behind (its own wrapper of the
+    application, the websockets library's parser generator), so it is freed at once
+    rather than by a garbage collection, whose pause stops every stream.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -98,3 +110,8 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         if self.initial_response is not None and self.close_sent:
             # The denial response went out whole, as uvicorn's wsproto protocol counts it.
             self.handshake_complete = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.app = self._app  # the bound method _run_app holds this protocol
+        self.conn.parser.close()  # its frame holds the websockets protocol; no data comes now

@@ -212,6 +212,7 @@ class _Call:
         if self._pinger is not None:
             self._pinger.cancel()
             await asyncio.wait({self._pinger})
+            self._pinger = None  # its CancelledError holds, by its traceback, this call
 
     def invalid(self, code: str, message: str) -> None:
         """Count and log a frame that cannot be read (the first of each kind as a warning)."""
@@ -275,6 +276,7 @@ class _Call:
         if task is not None and not task.done():
             task.cancel()
             await asyncio.wait({task})
+        self._answer = None  # a cancelled one holds, by its traceback, this call
 
     def _turn(self, response_id: int, reminder: bool) -> Turn:
         """The transcript as a turn in Ollama's message shape."""
