@@ -4,9 +4,9 @@
 simulator and the server, then plays turns over SSE and websockets. Some callers
 hang up mid-answer, some barge in, and the simulator fails some streams (error
 lines, dropped connections, stalls). It prints the server's resident memory as the
-turns go by, and at the end whether anything leaked: streams still in flight or
-waiting, and connections from the server still open at the simulator beyond the
-server's idle pool.
+turns go by; at the end, its garbage-collector pauses during the soak, and whether
+anything leaked: streams still in flight or waiting, and connections from the server
+still open at the simulator beyond the server's idle pool.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import httpx
 import psutil
 import uvloop
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
 from .processes import simulator_and_server
@@ -129,6 +130,7 @@ async def _soak(args: argparse.Namespace) -> int:
         modes = ["error", "drop", "stall"]
         started = time.monotonic()
         rss_start = process.memory_info().rss
+        pauses_start = _gc_pauses((await http.get(f"{server_url}/metrics")).text)
         print(f"server RSS at start: {rss_start / 2**20:.1f} MiB")
         semaphore = asyncio.Semaphore(args.concurrency)
         next_report = args.turns // 8
@@ -180,6 +182,18 @@ async def _soak(args: argparse.Namespace) -> int:
         f"({(rss_end - rss_start) / 2**20:+.1f} MiB)"
     )
     print(f"server streams in flight {in_flight:.0f}, waiting {waiting:.0f}")
+    for generation, end in sorted(_gc_pauses(metrics).items()):
+        start = pauses_start[generation]
+        collections = end.count - start.count
+        line = (
+            f"server GC generation {generation}: {collections:.0f} collections, "
+            f"{(end.sum - start.sum) * 1000:.1f} ms paused in all"
+        )
+        if collections:
+            # The smallest bucket bound that holds every pause of the soak.
+            longest = min(b for b, n in end.buckets.items() if n - start.buckets[b] >= collections)
+            line += f", the longest at most {longest * 1000:g} ms"
+        print(line)
     print(
         f"simulator: {sim['active']} generations active, {sim['connections_open']} connections "
         "open (the server keeps up to 64 idle for reuse)"
@@ -187,6 +201,31 @@ async def _soak(args: argparse.Namespace) -> int:
     leaked = in_flight or waiting or sim["active"] or sim["connections_open"] > 64
     print("LEAK" if leaked else "no leaks")
     return 1 if leaked else 0
+
+
+@dataclass
+class _Pauses:
+    """One generation's ``voice_llm_gc_pause_seconds``: count, sum, cumulative buckets."""
+
+    count: float = 0.0
+    sum: float = 0.0
+    buckets: dict[float, float] = field(default_factory=dict)
+
+
+def _gc_pauses(text: str) -> dict[str, _Pauses]:
+    found: dict[str, _Pauses] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "voice_llm_gc_pause_seconds":
+            continue
+        for sample in family.samples:
+            entry = found.setdefault(sample.labels["generation"], _Pauses())
+            if sample.name.endswith("_count"):
+                entry.count = sample.value
+            elif sample.name.endswith("_sum"):
+                entry.sum = sample.value
+            elif sample.name.endswith("_bucket"):
+                entry.buckets[float(sample.labels["le"])] = sample.value
+    return found
 
 
 def _sample(text: str, name: str) -> float:

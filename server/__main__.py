@@ -31,6 +31,7 @@ from .core.engine import Engine
 from .doors.http import App
 from .doors.protocol import WebSocketProtocol, http_protocol
 from .doors.vapi import vapi_assistant
+from .ops import pauses
 from .ops.logs import log_ready, setup_logging
 
 log = logging.getLogger("server")
@@ -84,6 +85,7 @@ class _Server(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started:
+            pauses.freeze_startup()
             log_ready(self.settings, "server", host=self.settings.host, ports=self.ports)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -101,6 +103,7 @@ def serve(config: Config, app: App, sockets: list[socket.socket]) -> int:
             "this port can use the model. Set API_KEY. !!!",
             config.host,
         )
+    pauses.watch()
     server = _Server(
         uvicorn.Config(
             app,

@@ -461,6 +461,13 @@ def test_metrics_count_turns_and_latencies(server: Process) -> None:
     assert samples["voice_llm_streams_waiting"] == 0
 
 
+def test_startup_objects_are_frozen_and_collections_timed(server: Process) -> None:
+    samples = metrics(server)
+    # The full collection before the freeze was timed; the app's objects are exempt.
+    assert samples["voice_llm_gc_pause_seconds_count[generation=2]"] >= 1
+    assert samples["voice_llm_gc_frozen_objects"] > 10_000
+
+
 def test_metrics_need_the_key_when_one_is_set(keyed_server: Process) -> None:
     with httpx.Client(timeout=5) as http:
         assert http.get(f"{keyed_server.url}/metrics").status_code == 401

@@ -61,6 +61,7 @@ from ..config import Config, ConfigError, environment_help, parse_config, versio
 from ..core.engine import Engine
 from ..core.errors import ServiceError
 from ..core.events import Event, Failure, Finish, TextDelta, Turn
+from ..ops import pauses
 from ..ops.logs import log_ready, setup_logging
 from ..tools import load_tools
 from .vapi import WebhookAnswers
@@ -528,6 +529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ready_s=round(time.perf_counter() - started, 2),
         stream_window_ms=round(config.stream_window * 1000),
     )
+    pauses.freeze_startup()  # the SDK is imported: what exists now lives for ever
     runpod.serverless.start(
         {
             "handler": handler,

@@ -7,6 +7,7 @@ prometheus-client.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -20,19 +21,25 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from ..core.engine import Engine
 from ..core.stats import Histogram
+from . import pauses
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST.encode()
 
 
-def _histogram(name: str, text: str, histogram: Histogram) -> HistogramMetricFamily:
-    buckets = []
+def _buckets(histogram: Histogram) -> tuple[list[tuple[str, float]], float]:
+    buckets: list[tuple[str, float]] = []
     total = 0
     for bound, count in zip((*histogram.bounds, float("inf")), histogram.counts, strict=True):
         total += count
         buckets.append(("+Inf" if bound == float("inf") else repr(bound), total))
-    return HistogramMetricFamily(name, text, buckets=buckets, sum_value=histogram.sum)
+    return buckets, histogram.sum
+
+
+def _histogram(name: str, text: str, histogram: Histogram) -> HistogramMetricFamily:
+    buckets, total = _buckets(histogram)
+    return HistogramMetricFamily(name, text, buckets=buckets, sum_value=total)
 
 
 class _EngineCollector(Collector):
@@ -136,6 +143,19 @@ class _EngineCollector(Collector):
         )
         yield _histogram(
             "voice_llm_inter_token_seconds", "Gap between consecutive tokens.", stats.itl
+        )
+        gc_pauses = HistogramMetricFamily(
+            "voice_llm_gc_pause_seconds",
+            "Garbage-collector pauses (the event loop stops; every stream waits), by generation.",
+            labels=["generation"],
+        )
+        for generation, histogram in enumerate(pauses.PAUSES):
+            gc_pauses.add_metric([str(generation)], *_buckets(histogram))
+        yield gc_pauses
+        yield GaugeMetricFamily(
+            "voice_llm_gc_frozen_objects",
+            "Objects exempted from garbage collection at startup.",
+            value=gc.get_freeze_count(),
         )
         if self._webhooks is not None:
             webhooks = CounterMetricFamily(
