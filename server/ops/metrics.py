@@ -29,6 +29,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST.encode()
 
 
 def _buckets(histogram: Histogram) -> tuple[list[tuple[str, float]], float]:
+    """Prometheus' cumulative buckets of a histogram, and its sum."""
     buckets: list[tuple[str, float]] = []
     total = 0
     for bound, count in zip((*histogram.bounds, float("inf")), histogram.counts, strict=True):
@@ -38,8 +39,8 @@ def _buckets(histogram: Histogram) -> tuple[list[tuple[str, float]], float]:
 
 
 def _histogram(name: str, text: str, histogram: Histogram) -> HistogramMetricFamily:
-    buckets, total = _buckets(histogram)
-    return HistogramMetricFamily(name, text, buckets=buckets, sum_value=total)
+    buckets, sum_value = _buckets(histogram)
+    return HistogramMetricFamily(name, text, buckets=buckets, sum_value=sum_value)
 
 
 class _EngineCollector(Collector):
