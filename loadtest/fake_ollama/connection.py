@@ -59,6 +59,7 @@ class Dispatcher(Protocol):
     """What a connection needs from the server that accepted it."""
 
     connections: set[Connection]
+    connections_total: int
 
     def dispatch(self, conn: Connection, request: Request) -> None:
         """Answer ``request``, received on ``conn``."""
@@ -87,6 +88,7 @@ class Connection(asyncio.Protocol):
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._server.connections.add(self)
+        self._server.connections_total += 1
 
     def data_received(self, data: bytes) -> None:
         """Parse, then dispatch the requests completed by ``data`` in order."""

@@ -75,6 +75,7 @@ class FakeOllama:
         self.port = 0
         self.host = ModelHost(config, loop)
         self.connections: set[Connection] = set()
+        self.connections_total = 0  # accepted since the start or the last reset
         self.rng = random.Random(config.seed)
         self._log: deque[RequestRecord] = deque(maxlen=REQUEST_LOG_SIZE)
         self._next_id = 1
@@ -127,6 +128,7 @@ class FakeOllama:
             "reloads": host.reloads,
             "loads": host.loads,
             "connections_open": len(self.connections),
+            "connections_total": self.connections_total,
             "requests_total": self._requests_total,
             **slots,
         }
@@ -159,6 +161,7 @@ class FakeOllama:
         """Clear the request log and the counters, and reseed the random generator."""
         self._log.clear()
         self._requests_total = 0
+        self.connections_total = 0
         self.host.loads = 0
         self.host.reloads = 0
         self.rng.seed(self.config.seed)
