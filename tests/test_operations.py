@@ -354,6 +354,33 @@ def test_a_kept_connection_closed_before_an_answer_is_replaced_unseen() -> None:
         ollama.server_close()
 
 
+def test_turns_one_after_another_reuse_one_connection_to_ollama(
+    fake: FakeOllama, server: Process
+) -> None:
+    # Ollama writes the message's last chunk after the done line, so the turn is over
+    # before it arrives; the connection must still be kept for the next turn.
+    before = fake.stats()["connections_total"]
+    with httpx.Client(timeout=10) as http:
+        for _ in range(10):
+            response = http.post(f"{server.url}/v1/chat/completions", content=chat_body("Hi"))
+            assert response.status_code == 200
+            assert response.text.endswith("data: [DONE]\n\n")
+    with connect(server.url.replace("http", "ws") + "/ws") as websocket:
+        for turn in range(10):
+            websocket.send(
+                json.dumps(
+                    {
+                        "type": "chat",
+                        "id": str(turn),
+                        "messages": [{"role": "user", "content": "Hi"}],
+                    }
+                )
+            )
+            while json.loads(websocket.recv())["type"] != "done":
+                pass
+    assert fake.stats()["connections_total"] - before <= 1
+
+
 def test_warmth_follows_reachability() -> None:
     fake = start_fake("--load-ms", "20")
     server = start_server(fake.url, "--warm-check-interval", "60")  # no poll in between

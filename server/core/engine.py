@@ -70,9 +70,13 @@ class _Started:
     admitted_at: float
     first_at: float
 
-    def close(self, now: float) -> None:
-        """Release the connection (closed unless read to its end) and the slot."""
-        self.backend.pool.release(self.conn)
+    def close(self, now: float, ended: bool = False) -> None:
+        """Release the connection and the slot.
+
+        The connection is closed unless read to its end, or to Ollama's done line
+        (``ended``), whose message's end is then waited for.
+        """
+        self.backend.pool.release(self.conn, ended)
         self.backend.release(now - self.admitted_at)
 
 
@@ -290,7 +294,7 @@ class Engine:
         finally:
             if begun is not None:
                 begun.backend.finished_streaming()
-                begun.close(time())
+                begun.close(time(), ended=usage is not None)
                 if begun.decoder.thinking:
                     self._thinking(begun.decoder.thinking)
                 if begun.decoder.truncated:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import Any, cast
 
 import httptools
@@ -66,6 +67,8 @@ class Connection(asyncio.Protocol):
         self.complete = False
         self.keep_alive = False
         self.reused = False  # whether this request went on a connection kept from before
+        # Called with this connection once its response is complete (set by the pool).
+        self.on_complete: Callable[[Connection], None] | None = None
 
     # asyncio.Protocol
 
@@ -83,6 +86,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._parser = _DETACHED
+        self.on_complete = None
         if not self.complete and self._error is None:
             self._error = UpstreamClosed("Ollama closed the connection mid-response")
         self._wake()
@@ -118,8 +122,23 @@ class Connection(asyncio.Protocol):
             self._partial = b""
         self.complete = True
         self._wake()
+        if self.on_complete is not None:
+            callback, self.on_complete = self.on_complete, None
+            callback(self)
 
     # Reader side
+
+    @property
+    def ending(self) -> bool:
+        """Whether every line so far was read and only the message's end is still to come."""
+        return (
+            not self.complete
+            and not self._lines
+            and not self._partial
+            and self._error is None
+            and self._transport is not None
+            and not self._transport.is_closing()
+        )
 
     @property
     def reusable(self) -> bool:
@@ -140,6 +159,7 @@ class Connection(asyncio.Protocol):
         self.status = 0
         self.complete = False
         self.keep_alive = False
+        self.on_complete = None
         self._started = False
         self._gap_timeout = gap_timeout
         self._last_data = self._loop.time()
@@ -232,6 +252,7 @@ class ConnectionPool:
         self._connect_timeout = connect_timeout
         self._max_idle = max_idle
         self._idle: list[Connection] = []
+        self._closed = False
         self.host_header = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
 
     async def request(
@@ -265,9 +286,24 @@ class ConnectionPool:
         conn.send(request, first_timeout, gap_timeout)
         return conn
 
-    def release(self, conn: Connection) -> None:
-        """Return a connection after use: kept if its response was read whole, else closed."""
-        if conn.reusable and len(self._idle) < self._max_idle:
+    def release(self, conn: Connection, ended: bool = False) -> None:
+        """Return a connection after use: kept if its response was read whole, else closed.
+
+        ``ended`` says the caller has read the answer's last line (Ollama's done line).
+        The end of the HTTP message (the last, empty chunk) comes in a write of its own
+        and is often still on its way; such a connection is kept once it arrives,
+        rather than closed, which would make the next turn connect afresh. Any other
+        connection not read whole is closed now, which makes Ollama stop generating.
+        """
+        if conn.reusable:
+            self._keep(conn)
+        elif ended and conn.ending:
+            conn.on_complete = self._keep
+        else:
+            conn.close()
+
+    def _keep(self, conn: Connection) -> None:
+        if conn.reusable and not self._closed and len(self._idle) < self._max_idle:
             self._idle.append(conn)
         else:
             conn.close()
@@ -289,7 +325,8 @@ class ConnectionPool:
             return conn.status, None
 
     def close(self) -> None:
-        """Close every idle connection."""
+        """Close every idle connection (and any kept later, as its response ends)."""
+        self._closed = True
         for conn in self._idle:
             conn.close()
         self._idle.clear()
