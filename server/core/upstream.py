@@ -3,7 +3,9 @@
 Each token costs one ``data_received`` call, one C-level parse (httptools) and one
 wake-up of the reader: no stream reader layers, no per-chunk coroutines. Idle
 connections are kept for reuse; a response that was not read to its end is never
-reused: its connection is closed, which is what makes Ollama stop generating.
+reused: its connection is closed, which is what makes Ollama stop generating. One
+read to Ollama's done line is kept once the message's last chunk, which Ollama writes
+separately, arrives (:meth:`ConnectionPool.release`).
 """
 
 from __future__ import annotations
