@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from typing import Any
@@ -130,6 +131,11 @@ def test_sse_bytes_follow_the_openai_chunk_shape(server: Process) -> None:
         assert isinstance(chunk["created"], int)
         assert chunk["choices"][0]["index"] == 0
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert re.fullmatch(r"chatcmpl-[0-9a-f]{32}", chunks[0]["id"])
+    again = sse_events(
+        post_raw(server, body.encode(), **{"Content-Type": "application/json"}).content
+    )
+    assert json.loads(again[0])["id"] != chunks[0]["id"]  # a fresh id per completion
 
 
 def test_usage_chunk_when_asked(server: Process) -> None:

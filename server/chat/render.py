@@ -8,8 +8,8 @@ native route yields the same chunks as dicts.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import AsyncIterator
+from random import getrandbits
 from typing import Any
 
 import orjson
@@ -61,8 +61,13 @@ def models_list(model: str) -> dict[str, Any]:
 
 
 def new_completion_id() -> str:
-    """A fresh id in OpenAI's style."""
-    return f"chatcmpl-{uuid.uuid4().hex}"
+    """A fresh id in OpenAI's style: 128 random bits.
+
+    From :mod:`random` (reseeded after a fork), not ``uuid4``, whose ``getrandom``
+    system call is on every turn's way to Ollama: ~0.4 µs against ~2.7 µs warm, and
+    ~30 µs on a process woken from idle. The id names a completion; it is no secret.
+    """
+    return f"chatcmpl-{getrandbits(128):032x}"
 
 
 class ChunkRenderer:
