@@ -133,22 +133,18 @@ class Connection(asyncio.Protocol):
     @property
     def ending(self) -> bool:
         """Whether every line so far was read and only the message's end is still to come."""
-        return (
-            not self.complete
-            and not self._lines
-            and not self._partial
-            and self._error is None
-            and self._transport is not None
-            and not self._transport.is_closing()
-        )
+        return not self.complete and not self._partial and self._drained
 
     @property
     def reusable(self) -> bool:
         """Whether the connection can carry another request."""
+        return self.complete and self.keep_alive and self._drained
+
+    @property
+    def _drained(self) -> bool:
+        # Open, without an error, and every line received so far handed out.
         return (
-            self.complete
-            and self.keep_alive
-            and not self._lines
+            not self._lines
             and self._error is None
             and self._transport is not None
             and not self._transport.is_closing()
