@@ -114,3 +114,14 @@ def test_an_answer_whose_end_never_comes_is_closed_by_the_gap_timeout() -> None:
         pool.close()
 
     asyncio.run(_with_ollama(None, scenario))
+
+
+def test_closing_the_pool_closes_a_connection_whose_end_is_still_to_come() -> None:
+    async def scenario(port: int, accepted: list[int]) -> None:
+        pool = ConnectionPool("127.0.0.1", port, 1.0)
+        conn = await _read_to_done(pool)
+        pool.release(conn, ended=True)
+        pool.close()  # shutting down: nothing may stay open behind it
+        assert conn.closed
+
+    asyncio.run(_with_ollama(None, scenario))

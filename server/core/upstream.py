@@ -69,8 +69,9 @@ class Connection(asyncio.Protocol):
         self.complete = False
         self.keep_alive = False
         self.reused = False  # whether this request went on a connection kept from before
-        # Called with this connection once its response is complete (set by the pool).
-        self.on_complete: Callable[[Connection], None] | None = None
+        # Called with this connection once its response has ended, whole or not (the
+        # connection lost); set by the pool.
+        self.on_end: Callable[[Connection], None] | None = None
 
     # asyncio.Protocol
 
@@ -88,10 +89,10 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._parser = _DETACHED
-        self.on_complete = None
         if not self.complete and self._error is None:
             self._error = UpstreamClosed("Ollama closed the connection mid-response")
         self._wake()
+        self._ended()
 
     # httptools callbacks
 
@@ -124,9 +125,7 @@ class Connection(asyncio.Protocol):
             self._partial = b""
         self.complete = True
         self._wake()
-        if self.on_complete is not None:
-            callback, self.on_complete = self.on_complete, None
-            callback(self)
+        self._ended()
 
     # Reader side
 
@@ -157,7 +156,7 @@ class Connection(asyncio.Protocol):
         self.status = 0
         self.complete = False
         self.keep_alive = False
-        self.on_complete = None
+        self.on_end = None
         self._started = False
         self._gap_timeout = gap_timeout
         self._last_data = self._loop.time()
@@ -214,6 +213,11 @@ class Connection(asyncio.Protocol):
         if self.complete or self._error is not None:
             self._stop_watchdog()
 
+    def _ended(self) -> None:
+        if self.on_end is not None:
+            callback, self.on_end = self.on_end, None
+            callback(self)
+
     def _fail(self, error: UpstreamClosed | UpstreamTimeout) -> None:
         if self._error is None:
             self._error = error
@@ -250,6 +254,7 @@ class ConnectionPool:
         self._connect_timeout = connect_timeout
         self._max_idle = max_idle
         self._idle: list[Connection] = []
+        self._ending: set[Connection] = set()  # released at their done line, end to come
         self._closed = False
         self.host_header = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
 
@@ -296,11 +301,13 @@ class ConnectionPool:
         if conn.reusable:
             self._keep(conn)
         elif ended and conn.ending:
-            conn.on_complete = self._keep
+            self._ending.add(conn)
+            conn.on_end = self._keep
         else:
             conn.close()
 
     def _keep(self, conn: Connection) -> None:
+        self._ending.discard(conn)
         if conn.reusable and not self._closed and len(self._idle) < self._max_idle:
             self._idle.append(conn)
         else:
@@ -323,11 +330,12 @@ class ConnectionPool:
             return conn.status, None
 
     def close(self) -> None:
-        """Close every idle connection (and any kept later, as its response ends)."""
+        """Close every idle connection, and those whose response's end is still to come."""
         self._closed = True
-        for conn in self._idle:
+        for conn in [*self._idle, *self._ending]:
             conn.close()
         self._idle.clear()
+        self._ending.clear()
 
     async def _connect(self) -> Connection:
         loop = asyncio.get_running_loop()
